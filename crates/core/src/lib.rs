@@ -21,5 +21,9 @@
 //! Memory for the index and the depot comes from a [`backing::Backing`]
 //! supplied by the caller: `mmap` in the agent, the Rust heap in tests.
 
+pub mod backing;
+pub mod depot;
+pub mod index;
 pub mod options;
 pub mod report;
+pub mod scan;

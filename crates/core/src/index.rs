@@ -1,0 +1,787 @@
+//! The block index: which live block contains address A?
+//!
+//! ## The problem
+//!
+//! Every `malloc` inserts and every `free` removes, from any thread, millions
+//! of times a second; meanwhile the scanner asks "does this word point into a
+//! live block?" about 10^8 times per GiB scanned, mostly for words that are
+//! not pointers at all. kmemleak keeps its objects in an rbtree under a lock.
+//! That tree cannot simply be read under RCU: a rotation moves whole
+//! subtrees, so a lockless lookup may miss a block that is there, and for a
+//! leak detector a missed lookup is a false leak report.
+//!
+//! ## The idea: a tree with no rotations
+//!
+//! A two-level radix tree over the 47-bit address space, keyed by 4 KiB page:
+//!
+//! ```text
+//! addr >> 30          -> L1 slot   (2^17 slots, in this struct)
+//! (addr >> 12) & 2^18 -> leaf slot (one 2 MiB leaf per GiB touched)
+//! leaf slot = 0                  nothing live on this page
+//!           = PageNode pointer   blocks start on / reach into this page
+//!           = start | 1          the whole page lies inside the block at start
+//! ```
+//!
+//! A [`PageNode`] has a start bitmap with one bit per 16-byte granule (glibc
+//! aligns every block to 16), the start of the block covering the page's
+//! first byte (`cover`), and mark bitmaps. "Which block contains A" is then:
+//! leaf slot → highest start bit at or below A's granule, else `cover` →
+//! range check against the block's size. No search, no rebalancing.
+//!
+//! ## Why readers need no lock and no grace period
+//!
+//! Leaves and nodes are never freed or moved (type-stable memory), so a
+//! reader can never follow a pointer into freed index memory. A reader racing
+//! with an insert or remove sees the block either present or absent; both
+//! are correct answers for a block that is being allocated or freed while the
+//! scan runs, and the scanner treats such blocks specially (it never reports
+//! a block allocated during the scan, and a freed block is no longer live).
+//!
+//! ## Write protocol (lock-free, no shared counters on the hot path)
+//!
+//! - insert: write the covers of the pages the block reaches past its first
+//!   page, then publish the start bit with a Release `fetch_or` — last, so a
+//!   reader that sees the start bit sees the covers.
+//! - remove: claim the block by clearing its start bit with `fetch_and`
+//!   (exactly one `free` of a pointer wins; a second one sees the bit clear
+//!   and treats the pointer as foreign, as glibc would), then clear covers
+//!   with compare-and-swap so a cover that already belongs to a newer block
+//!   is left alone.
+//!
+//! Only pages touched by two live blocks at once are written by two threads,
+//! and then on different words (`cover` vs a start bit).
+
+use core::marker::PhantomData;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crate::backing::Backing;
+
+/// Address bits covered by the index (x86-64 and aarch64 user space).
+pub const ADDR_BITS: u32 = 47;
+const PAGE_SHIFT: u32 = 12;
+const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// Block starts are multiples of this (glibc's MALLOC_ALIGNMENT on 64-bit).
+pub const GRANULE: usize = 16;
+const GRANULE_SHIFT: u32 = 4;
+const GRANULES_PER_PAGE: usize = PAGE_SIZE / GRANULE;
+const BITMAP_WORDS: usize = GRANULES_PER_PAGE / 64;
+const LEAF_SHIFT: u32 = 30;
+const LEAF_ENTRIES: usize = 1 << (LEAF_SHIFT - PAGE_SHIFT);
+const L1_ENTRIES: usize = 1 << (ADDR_BITS - LEAF_SHIFT);
+const LEAF_BYTES: usize = LEAF_ENTRIES * core::mem::size_of::<usize>();
+const TAG: usize = 1;
+
+/// Bytes of index memory per arena chunk of nodes.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Independent mark bitmaps kept per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkSet {
+    /// Reached from the roots in the current scan.
+    Reachable = 0,
+    /// Pointed to by another unreachable block (an indirect leak).
+    Referenced = 1,
+    /// Reached while flooding from direct leaks (classification only).
+    Visited = 2,
+}
+const MARK_SETS: usize = 3;
+
+/// Per-page metadata. Lives in a type-stable arena: never freed, never moved.
+#[repr(C, align(32))]
+pub struct PageNode {
+    /// Base address of the page; written before the node is published.
+    page: AtomicUsize,
+    /// Start of the live block overlapping the page's first byte, or 0.
+    cover: AtomicUsize,
+    /// Bit g set ⇔ a live block starts at `page + 16·g`.
+    starts: [AtomicU64; BITMAP_WORDS],
+    marks: [[AtomicU64; BITMAP_WORDS]; MARK_SETS],
+}
+
+const NODE_SIZE: usize = core::mem::size_of::<PageNode>();
+
+/// Header at the start of every node chunk; nodes follow at `NODE_SIZE`.
+#[repr(C)]
+struct ChunkHeader {
+    /// The chunk created before this one (chunks form a push-only list).
+    older: *mut ChunkHeader,
+    /// Bytes handed out, header included; may run past `CHUNK_BYTES`.
+    used: AtomicUsize,
+}
+
+type Leaf = [AtomicUsize; LEAF_ENTRIES];
+
+/// The radix page map. See the module documentation.
+pub struct PageMap<B: Backing> {
+    l1: [AtomicPtr<Leaf>; L1_ENTRIES],
+    /// [lo, hi): union of all leaves created so far; 0/0 = empty.
+    lo: AtomicUsize,
+    hi: AtomicUsize,
+    /// Newest node chunk.
+    chunks: AtomicPtr<ChunkHeader>,
+    _backing: PhantomData<B>,
+}
+
+// SAFETY: all shared state is atomics; the raw pointers inside point to
+// type-stable memory that is never freed.
+unsafe impl<B: Backing> Sync for PageMap<B> {}
+// SAFETY: as above.
+unsafe impl<B: Backing> Send for PageMap<B> {}
+
+/// Why an insert did not happen. The block then stays untracked and is
+/// treated as foreign everywhere, which is always safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The address is outside the indexed address space.
+    OutOfRange,
+    /// The backing refused memory for a leaf or a node.
+    NoMemory,
+}
+
+/// Cheap pre-filter bounds, copied into locals by the scanner's inner loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    lo: usize,
+    span: usize,
+}
+
+impl Bounds {
+    #[inline(always)]
+    pub fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.lo) < self.span
+    }
+}
+
+impl<B: Backing> Default for PageMap<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backing> PageMap<B> {
+    /// An empty map, usable in a `static`.
+    pub const fn new() -> Self {
+        PageMap {
+            l1: [const { AtomicPtr::new(ptr::null_mut()) }; L1_ENTRIES],
+            lo: AtomicUsize::new(0),
+            hi: AtomicUsize::new(0),
+            chunks: AtomicPtr::new(ptr::null_mut()),
+            _backing: PhantomData,
+        }
+    }
+
+    /// An empty map on the heap (the struct is 1 MiB: too big for a stack).
+    pub fn new_boxed() -> Box<Self> {
+        let layout = std::alloc::Layout::new::<Self>();
+        // SAFETY: the all-zero bit pattern is the empty map (null pointers,
+        // zero atomics, empty bounds), which is what `new` builds; the layout
+        // is that of Self and non-zero-sized.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout) as *mut Self;
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(p)
+        }
+    }
+
+    // ---- leaves and nodes -------------------------------------------------
+
+    #[inline(always)]
+    fn leaf(&self, addr: usize) -> Option<&Leaf> {
+        let i = addr >> LEAF_SHIFT;
+        if i >= L1_ENTRIES {
+            return None;
+        }
+        let leaf = self.l1[i].load(Ordering::Acquire);
+        // SAFETY: a non-null L1 entry points to a zeroed, never-freed leaf
+        // published with Release after allocation.
+        unsafe { leaf.as_ref() }
+    }
+
+    fn leaf_or_create(&self, addr: usize) -> Result<&Leaf, InsertError> {
+        if let Some(leaf) = self.leaf(addr) {
+            return Ok(leaf);
+        }
+        let i = addr >> LEAF_SHIFT;
+        if i >= L1_ENTRIES {
+            return Err(InsertError::OutOfRange);
+        }
+        let fresh = B::alloc_zeroed(LEAF_BYTES).ok_or(InsertError::NoMemory)?;
+        let fresh = fresh.as_ptr() as *mut Leaf;
+        let leaf = match self.l1[i].compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.widen_bounds(i << LEAF_SHIFT, (i + 1) << LEAF_SHIFT);
+                fresh
+            }
+            // Another thread won: its leaf is the one; ours stays unused
+            // (address space only, never touched).
+            Err(existing) => existing,
+        };
+        // SAFETY: `leaf` is a published, never-freed leaf.
+        Ok(unsafe { &*leaf })
+    }
+
+    fn widen_bounds(&self, lo: usize, hi: usize) {
+        // Leaves are created rarely (once per GiB), so a CAS loop is fine.
+        let mut cur = self.lo.load(Ordering::Acquire);
+        while cur == 0 || lo < cur {
+            match self
+                .lo
+                .compare_exchange(cur, lo, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.hi.fetch_max(hi, Ordering::AcqRel);
+    }
+
+    /// The current pre-filter bounds (a snapshot; they only ever widen).
+    pub fn bounds(&self) -> Bounds {
+        let lo = self.lo.load(Ordering::Acquire);
+        let hi = self.hi.load(Ordering::Acquire);
+        Bounds {
+            lo,
+            span: hi.saturating_sub(lo),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(leaf: &Leaf, addr: usize) -> &AtomicUsize {
+        &leaf[(addr >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)]
+    }
+
+    /// Carve one zeroed node from the newest chunk, or push a new chunk.
+    fn alloc_node(&self) -> Result<&PageNode, InsertError> {
+        loop {
+            let chunk = self.chunks.load(Ordering::Acquire);
+            if !chunk.is_null() {
+                // SAFETY: published chunks are never freed.
+                let off = unsafe { &*chunk }
+                    .used
+                    .fetch_add(NODE_SIZE, Ordering::Relaxed);
+                if off + NODE_SIZE <= CHUNK_BYTES {
+                    // SAFETY: [off, off + NODE_SIZE) lies inside the chunk,
+                    // is zeroed, suitably aligned (chunk is page-aligned and
+                    // NODE_SIZE is a multiple of the alignment), and handed
+                    // to us alone by the fetch_add.
+                    return Ok(unsafe { &*((chunk as *mut u8).add(off) as *const PageNode) });
+                }
+            }
+            let fresh = B::alloc_zeroed(CHUNK_BYTES).ok_or(InsertError::NoMemory)?;
+            let header = fresh.as_ptr() as *mut ChunkHeader;
+            // SAFETY: the fresh chunk is ours until published; the header
+            // fits in the first node-sized slot.
+            unsafe {
+                ptr::write(
+                    header,
+                    ChunkHeader {
+                        older: chunk,
+                        used: AtomicUsize::new(NODE_SIZE),
+                    },
+                );
+            }
+            // Publish; if another thread pushed first, retry on its chunk
+            // (ours is never used: untouched address space).
+            let _ = self.chunks.compare_exchange(
+                chunk,
+                header,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// The node of `page`, creating it (and converting a tag into its
+    /// cover) when there is none.
+    fn node_or_create(&self, page: usize) -> Result<&PageNode, InsertError> {
+        let leaf = self.leaf_or_create(page)?;
+        let slot = Self::slot(leaf, page);
+        let mut entry = slot.load(Ordering::Acquire);
+        let mut spare: Option<&PageNode> = None;
+        loop {
+            if entry != 0 && entry & TAG == 0 {
+                // SAFETY: untagged non-zero entries are published nodes.
+                return Ok(unsafe { &*(entry as *const PageNode) });
+            }
+            let node = match spare {
+                Some(n) => n,
+                None => self.alloc_node()?,
+            };
+            node.page.store(page, Ordering::Relaxed);
+            node.cover.store(
+                if entry & TAG != 0 { entry & !TAG } else { 0 },
+                Ordering::Relaxed,
+            );
+            match slot.compare_exchange(
+                entry,
+                node as *const PageNode as usize,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(node),
+                Err(now) => {
+                    // Lost a race; keep the node for the retry. If the winner
+                    // installed a node, ours stays an orphan with empty
+                    // bitmaps, which iteration ignores.
+                    spare = Some(node);
+                    entry = now;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn node(&self, page: usize) -> Option<&PageNode> {
+        let entry = Self::slot(self.leaf(page)?, page).load(Ordering::Acquire);
+        if entry == 0 || entry & TAG != 0 {
+            return None;
+        }
+        // SAFETY: untagged non-zero entries are published nodes.
+        Some(unsafe { &*(entry as *const PageNode) })
+    }
+
+    #[inline(always)]
+    fn granule_bit(addr: usize) -> (usize, u64) {
+        let g = (addr >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1);
+        (g / 64, 1u64 << (g % 64))
+    }
+
+    // ---- writers ------------------------------------------------------------
+
+    /// Track the block `[start, start + size)`. `start` must be 16-aligned and
+    /// not currently tracked. A zero `size` is tracked as one byte, so a
+    /// pointer to the block still references it.
+    pub fn insert(&self, start: usize, size: usize) -> Result<(), InsertError> {
+        debug_assert_eq!(start % GRANULE, 0);
+        let end = start
+            .checked_add(size.max(1))
+            .ok_or(InsertError::OutOfRange)?;
+        if (end - 1) >> ADDR_BITS != 0 {
+            return Err(InsertError::OutOfRange);
+        }
+        let first_page = start & !(PAGE_SIZE - 1);
+        let mut page = first_page + PAGE_SIZE;
+        while page < end {
+            if page + PAGE_SIZE <= end {
+                self.cover_whole_page(page, start)?;
+            } else {
+                self.node_or_create(page)?
+                    .cover
+                    .store(start, Ordering::Release);
+            }
+            page += PAGE_SIZE;
+        }
+        let node = self.node_or_create(first_page)?;
+        let (w, bit) = Self::granule_bit(start);
+        for set in &node.marks {
+            set[w].fetch_and(!bit, Ordering::Relaxed);
+        }
+        node.starts[w].fetch_or(bit, Ordering::Release);
+        Ok(())
+    }
+
+    fn cover_whole_page(&self, page: usize, start: usize) -> Result<(), InsertError> {
+        let slot = Self::slot(self.leaf_or_create(page)?, page);
+        let mut entry = slot.load(Ordering::Acquire);
+        loop {
+            if entry != 0 && entry & TAG == 0 {
+                // SAFETY: untagged non-zero entries are published nodes.
+                let node = unsafe { &*(entry as *const PageNode) };
+                node.cover.store(start, Ordering::Release);
+                return Ok(());
+            }
+            match slot.compare_exchange(entry, start | TAG, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => entry = now,
+            }
+        }
+    }
+
+    /// Stop tracking the block at `start` whose size was `size`. Returns
+    /// false when no tracked block starts there (a foreign pointer, or a
+    /// second free of the same pointer); nothing is changed then.
+    pub fn remove(&self, start: usize, size: usize) -> bool {
+        let first_page = start & !(PAGE_SIZE - 1);
+        let Some(node) = self.node(first_page) else {
+            return false;
+        };
+        let (w, bit) = Self::granule_bit(start);
+        if node.starts[w].fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+            return false;
+        }
+        let end = start.saturating_add(size.max(1));
+        let mut page = first_page + PAGE_SIZE;
+        while page < end {
+            let Some(leaf) = self.leaf(page) else { break };
+            let slot = Self::slot(leaf, page);
+            let entry = slot.load(Ordering::Acquire);
+            if entry == start | TAG {
+                let _ = slot.compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed);
+            } else if entry != 0 && entry & TAG == 0 {
+                // SAFETY: untagged non-zero entries are published nodes.
+                let n = unsafe { &*(entry as *const PageNode) };
+                let _ = n
+                    .cover
+                    .compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            page += PAGE_SIZE;
+        }
+        true
+    }
+
+    /// Whether a tracked block starts exactly at `start`.
+    #[inline]
+    pub fn is_start(&self, start: usize) -> bool {
+        if start % GRANULE != 0 {
+            return false;
+        }
+        let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {
+            return false;
+        };
+        let (w, bit) = Self::granule_bit(start);
+        node.starts[w].load(Ordering::Acquire) & bit != 0
+    }
+
+    // ---- readers ------------------------------------------------------------
+
+    /// The start of the tracked block that may contain `addr`: the nearest
+    /// start at or below it on its page, else the page's cover. The caller
+    /// completes the check with the block's size ([`Self::find`]).
+    #[inline(always)]
+    pub fn candidate(&self, addr: usize) -> Option<usize> {
+        let leaf = self.leaf(addr)?;
+        let entry = Self::slot(leaf, addr).load(Ordering::Acquire);
+        if entry == 0 {
+            return None;
+        }
+        if entry & TAG != 0 {
+            return Some(entry & !TAG);
+        }
+        // SAFETY: untagged non-zero entries are published nodes.
+        let node = unsafe { &*(entry as *const PageNode) };
+        let g = (addr >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1);
+        let mut w = g / 64;
+        // Bits 0..=g%64 of the first word, then whole lower words.
+        let mut mask = u64::MAX >> (63 - (g % 64));
+        loop {
+            let bits = node.starts[w].load(Ordering::Acquire) & mask;
+            if bits != 0 {
+                let bit = 63 - bits.leading_zeros() as usize;
+                return Some((addr & !(PAGE_SIZE - 1)) + (w * 64 + bit) * GRANULE);
+            }
+            if w == 0 {
+                break;
+            }
+            w -= 1;
+            mask = u64::MAX;
+        }
+        match node.cover.load(Ordering::Acquire) {
+            0 => None,
+            start => Some(start),
+        }
+    }
+
+    /// The tracked block containing `addr` as `(start, size)`; `size_of`
+    /// gives a block's size from its start (the agent reads its trailer).
+    #[inline(always)]
+    pub fn find(&self, addr: usize, size_of: impl Fn(usize) -> usize) -> Option<(usize, usize)> {
+        let start = self.candidate(addr)?;
+        let size = size_of(start);
+        (addr - start < size.max(1)).then_some((start, size))
+    }
+
+    // ---- marks --------------------------------------------------------------
+
+    /// Set `set`'s mark on the block starting at `start`; true if it was not
+    /// set before (the caller then scans the block).
+    #[inline(always)]
+    pub fn mark(&self, set: MarkSet, start: usize) -> bool {
+        let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {
+            return false;
+        };
+        let (w, bit) = Self::granule_bit(start);
+        let word = &node.marks[set as usize][w];
+        if word.load(Ordering::Relaxed) & bit != 0 {
+            return false;
+        }
+        word.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    /// Clear `set`'s mark on one block.
+    pub fn unmark(&self, set: MarkSet, start: usize) {
+        if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
+            let (w, bit) = Self::granule_bit(start);
+            node.marks[set as usize][w].fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn is_marked(&self, set: MarkSet, start: usize) -> bool {
+        self.node(start & !(PAGE_SIZE - 1)).is_some_and(|node| {
+            let (w, bit) = Self::granule_bit(start);
+            node.marks[set as usize][w].load(Ordering::Relaxed) & bit != 0
+        })
+    }
+
+    /// Clear one mark set on every block (start of a scan).
+    pub fn clear_marks(&self, set: MarkSet) {
+        self.for_each_node(|node| {
+            for word in &node.marks[set as usize] {
+                word.store(0, Ordering::Relaxed);
+            }
+        });
+    }
+
+    // ---- iteration ----------------------------------------------------------
+
+    fn for_each_node(&self, mut f: impl FnMut(&PageNode)) {
+        let mut chunk = self.chunks.load(Ordering::Acquire);
+        while !chunk.is_null() {
+            // SAFETY: published chunks are never freed; their header was
+            // written before publication.
+            let header = unsafe { &*chunk };
+            let used = header.used.load(Ordering::Acquire).min(CHUNK_BYTES);
+            let mut off = NODE_SIZE;
+            while off + NODE_SIZE <= used {
+                // SAFETY: every node slot below `used` lies in the chunk and
+                // is zeroed or a node; a slot being initialised concurrently
+                // still reads as a valid (all-atomic) node.
+                let node = unsafe { &*((chunk as *const u8).add(off) as *const PageNode) };
+                if node.page.load(Ordering::Acquire) != 0 {
+                    f(node);
+                }
+                off += NODE_SIZE;
+            }
+            chunk = header.older;
+        }
+    }
+
+    /// Call `f(start)` for every tracked block, in no particular order.
+    pub fn for_each_block(&self, mut f: impl FnMut(usize)) {
+        self.for_each_node(|node| {
+            let page = node.page.load(Ordering::Relaxed);
+            for (w, word) in node.starts.iter().enumerate() {
+                let mut bits = word.load(Ordering::Acquire);
+                while bits != 0 {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    f(page + (w * 64 + bit) * GRANULE);
+                }
+            }
+        });
+    }
+
+    /// The start of some tracked block that touches a page of `[lo, hi)`,
+    /// searching pages upward from `lo`; `None` if no live block does.
+    pub fn first_block_touching(&self, lo: usize, hi: usize) -> Option<usize> {
+        let mut page = lo & !(PAGE_SIZE - 1);
+        while page < hi {
+            let Some(leaf) = self.leaf(page) else {
+                // Skip to the next leaf.
+                page = ((page >> LEAF_SHIFT) + 1) << LEAF_SHIFT;
+                continue;
+            };
+            let entry = Self::slot(leaf, page).load(Ordering::Acquire);
+            if entry & TAG != 0 {
+                return Some(entry & !TAG);
+            }
+            if entry != 0 {
+                // SAFETY: untagged non-zero entries are published nodes.
+                let node = unsafe { &*(entry as *const PageNode) };
+                let cover = node.cover.load(Ordering::Acquire);
+                if cover != 0 {
+                    return Some(cover);
+                }
+                for (w, word) in node.starts.iter().enumerate() {
+                    let bits = word.load(Ordering::Acquire);
+                    if bits != 0 {
+                        return Some(page + (w * 64 + bits.trailing_zeros() as usize) * GRANULE);
+                    }
+                }
+            }
+            page += PAGE_SIZE;
+        }
+        None
+    }
+
+    /// Bytes of index memory in use (nodes; leaves are sparse address space).
+    pub fn node_bytes(&self) -> usize {
+        let mut bytes = 0;
+        self.for_each_node(|_| bytes += NODE_SIZE);
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backing::HeapBacking;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    type Map = PageMap<HeapBacking>;
+
+    /// A fake address space: blocks at arbitrary 16-aligned addresses.
+    const BASE: usize = 0x5555_0000_0000;
+
+    fn sizes(model: &BTreeMap<usize, usize>) -> impl Fn(usize) -> usize + '_ {
+        move |start| model[&start]
+    }
+
+    fn model_find(model: &BTreeMap<usize, usize>, addr: usize) -> Option<(usize, usize)> {
+        let (&start, &size) = model.range(..=addr).next_back()?;
+        (addr - start < size.max(1)).then_some((start, size))
+    }
+
+    #[test]
+    fn small_block_interior_and_bounds() {
+        let map = Map::new_boxed();
+        let model = BTreeMap::from([(BASE + 32, 40usize)]);
+        map.insert(BASE + 32, 40).unwrap();
+        assert_eq!(map.find(BASE + 32, sizes(&model)), Some((BASE + 32, 40)));
+        assert_eq!(map.find(BASE + 71, sizes(&model)), Some((BASE + 32, 40)));
+        assert_eq!(map.find(BASE + 72, sizes(&model)), None);
+        assert_eq!(map.find(BASE + 31, sizes(&model)), None);
+        assert!(map.bounds().contains(BASE));
+        assert!(!map.bounds().contains(0x1000));
+    }
+
+    #[test]
+    fn large_block_uses_tags_and_covers() {
+        let map = Map::new_boxed();
+        let start = BASE + 4096 - 16; // starts at the end of a page
+        let size = 5 * 4096 + 100;
+        let model = BTreeMap::from([(start, size)]);
+        map.insert(start, size).unwrap();
+        for off in [0, 16, 4096, 3 * 4096 + 7, size - 1] {
+            assert_eq!(map.find(start + off, sizes(&model)), Some((start, size)), "off {off}");
+        }
+        assert_eq!(map.find(start + size, sizes(&model)), None);
+        assert!(map.remove(start, size));
+        for off in [0, 4096, size - 1] {
+            assert_eq!(map.candidate(start + off), None, "off {off}");
+        }
+        assert!(!map.remove(start, size), "second remove must fail");
+    }
+
+    #[test]
+    fn zero_sized_block_is_referenced_by_its_start() {
+        let map = Map::new_boxed();
+        map.insert(BASE, 0).unwrap();
+        let model = BTreeMap::from([(BASE, 0usize)]);
+        assert_eq!(map.find(BASE, sizes(&model)), Some((BASE, 0)));
+        assert_eq!(map.find(BASE + 1, sizes(&model)), None);
+    }
+
+    #[test]
+    fn marks_and_iteration() {
+        let map = Map::new_boxed();
+        for i in 0..100 {
+            map.insert(BASE + i * 48, 32).unwrap();
+        }
+        let mut seen = vec![];
+        map.for_each_block(|s| seen.push(s));
+        seen.sort();
+        assert_eq!(seen, (0..100).map(|i| BASE + i * 48).collect::<Vec<_>>());
+        assert!(map.mark(MarkSet::Reachable, BASE + 48));
+        assert!(!map.mark(MarkSet::Reachable, BASE + 48));
+        assert!(map.is_marked(MarkSet::Reachable, BASE + 48));
+        assert!(!map.is_marked(MarkSet::Referenced, BASE + 48));
+        map.clear_marks(MarkSet::Reachable);
+        assert!(!map.is_marked(MarkSet::Reachable, BASE + 48));
+        assert_eq!(map.first_block_touching(BASE + 4096, BASE + 8192), Some(BASE + 4080));
+    }
+
+    /// Random inserts, removes and lookups against a BTreeMap model.
+    #[test]
+    fn randomized_against_btreemap() {
+        let map = Map::new_boxed();
+        let mut model = BTreeMap::new();
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for _ in 0..60_000 {
+            let addr = BASE + (rng.next() as usize % (1 << 22)) / GRANULE * GRANULE;
+            match rng.next() % 3 {
+                0 => {
+                    let size = match rng.next() % 10 {
+                        0 => rng.next() as usize % 40_000,
+                        _ => rng.next() as usize % 600,
+                    };
+                    let overlaps = model_find(&model, addr).is_some()
+                        || model.range(addr..addr + size.max(1)).next().is_some();
+                    if !overlaps {
+                        map.insert(addr, size).unwrap();
+                        model.insert(addr, size);
+                    }
+                }
+                1 => {
+                    if let Some((&start, &size)) = model.range(addr..).next() {
+                        assert!(map.remove(start, size));
+                        model.remove(&start);
+                    }
+                }
+                _ => {
+                    let probe = addr + rng.next() as usize % 64;
+                    assert_eq!(map.find(probe, sizes(&model)), model_find(&model, probe), "{probe:#x}");
+                }
+            }
+        }
+        let mut all = vec![];
+        map.for_each_block(|s| all.push(s));
+        all.sort();
+        assert_eq!(all, model.keys().copied().collect::<Vec<_>>());
+    }
+
+    /// Threads own disjoint address ranges that share pages at their edges
+    /// (so two threads write the same nodes) and check their own blocks
+    /// against a private model while the others churn.
+    #[test]
+    fn concurrent_writers_against_models() {
+        let map: Arc<Map> = Arc::from(Map::new_boxed());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let map = map.clone();
+                std::thread::spawn(move || {
+                    let mut model = BTreeMap::new();
+                    let mut rng = Rng(t as u64 * 7919 + 1);
+                    // Interleave threads at 16-byte granularity within pages:
+                    // thread t uses granules ≡ t (mod 4).
+                    for _ in 0..40_000 {
+                        let slot = rng.next() as usize % 20_000;
+                        let start = BASE + (slot * 4 + t) * GRANULE;
+                        if let Some(size) = model.remove(&start) {
+                            assert!(map.remove(start, size));
+                        } else {
+                            map.insert(start, 8).unwrap();
+                            model.insert(start, 8usize);
+                        }
+                        let probe = BASE + ((rng.next() as usize % 20_000) * 4 + t) * GRANULE + 3;
+                        assert_eq!(map.find(probe, |_| 8).map(|b| b.0), model_find(&model, probe).map(|b| b.0));
+                    }
+                    model.len()
+                })
+            })
+            .collect();
+        let live: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let mut count = 0;
+        map.for_each_block(|_| count += 1);
+        assert_eq!(count, live);
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+}
