@@ -1,1 +1,44 @@
-fn main() {}
+//! `leakscan`: run programs under the leak detector and render its reports.
+//!
+//! This file only parses, dispatches and maps the outcome to an exit status:
+//! what the command reports (the program's status, `--error-exitcode`,
+//! 128+signal), or 2 with one line on stderr when leakscan itself failed.
+
+mod args;
+mod error;
+mod output;
+mod render;
+mod report;
+mod reportdir;
+mod run;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Command, LowArgs};
+use crate::error::Error;
+use crate::settings::{Env, ReportSettings, RunSettings};
+
+fn main() -> ExitCode {
+    let low = match LowArgs::try_parse() {
+        Ok(low) => low,
+        Err(e) => return args::clap_exit(e),
+    };
+    match dispatch(low) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("leakscan: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(low: LowArgs) -> Result<u8, Error> {
+    let env = Env::from_process();
+    match low.command {
+        Command::Run(args) => run::run(&RunSettings::new(args, &env)?),
+        Command::Report(args) => report::run(&ReportSettings::new(args, &env)?),
+    }
+}

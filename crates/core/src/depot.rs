@@ -98,7 +98,8 @@ impl<B: Backing> StackDepot<B> {
             return false;
         };
         self.table.store(table.as_ptr().cast(), Ordering::Relaxed);
-        self.offsets.store(offsets.as_ptr().cast(), Ordering::Relaxed);
+        self.offsets
+            .store(offsets.as_ptr().cast(), Ordering::Relaxed);
         self.store.store(store.as_ptr().cast(), Ordering::Relaxed);
         self.state.store(READY, Ordering::Release);
         true
@@ -255,7 +256,10 @@ mod tests {
             .collect();
         for i in 0..2000 {
             let id = results[0][i];
-            assert!(results.iter().all(|r| r[i] == id), "stack {i} got different ids");
+            assert!(
+                results.iter().all(|r| r[i] == id),
+                "stack {i} got different ids"
+            );
             assert_eq!(depot.frames(id), vec![i, i * 7, 42]);
         }
     }

@@ -115,8 +115,8 @@ type Leaf = [AtomicUsize; LEAF_ENTRIES];
 /// The radix page map. See the module documentation.
 pub struct PageMap<B: Backing> {
     l1: [AtomicPtr<Leaf>; L1_ENTRIES],
-    /// [lo, hi): union of all leaves created so far; 0/0 = empty.
-    lo: AtomicUsize,
+    /// [!lo_inverted, hi): union of all leaves created so far; 0/0 = empty.
+    lo_inverted: AtomicUsize,
     hi: AtomicUsize,
     /// Newest node chunk.
     chunks: AtomicPtr<ChunkHeader>,
@@ -164,7 +164,7 @@ impl<B: Backing> PageMap<B> {
     pub const fn new() -> Self {
         PageMap {
             l1: [const { AtomicPtr::new(ptr::null_mut()) }; L1_ENTRIES],
-            lo: AtomicUsize::new(0),
+            lo_inverted: AtomicUsize::new(0),
             hi: AtomicUsize::new(0),
             chunks: AtomicPtr::new(ptr::null_mut()),
             _backing: PhantomData,
@@ -229,23 +229,15 @@ impl<B: Backing> PageMap<B> {
     }
 
     fn widen_bounds(&self, lo: usize, hi: usize) {
-        // Leaves are created rarely (once per GiB), so a CAS loop is fine.
-        let mut cur = self.lo.load(Ordering::Acquire);
-        while cur == 0 || lo < cur {
-            match self
-                .lo
-                .compare_exchange(cur, lo, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
+        // `lo` is stored inverted so that zero (the empty map) means "no
+        // lower bound yet" and widening is a plain fetch_max.
+        self.lo_inverted.fetch_max(!lo, Ordering::AcqRel);
         self.hi.fetch_max(hi, Ordering::AcqRel);
     }
 
     /// The current pre-filter bounds (a snapshot; they only ever widen).
     pub fn bounds(&self) -> Bounds {
-        let lo = self.lo.load(Ordering::Acquire);
+        let lo = !self.lo_inverted.load(Ordering::Acquire);
         let hi = self.hi.load(Ordering::Acquire);
         Bounds {
             lo,
@@ -290,12 +282,9 @@ impl<B: Backing> PageMap<B> {
             }
             // Publish; if another thread pushed first, retry on its chunk
             // (ours is never used: untouched address space).
-            let _ = self.chunks.compare_exchange(
-                chunk,
-                header,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            let _ =
+                self.chunks
+                    .compare_exchange(chunk, header, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -405,10 +394,15 @@ impl<B: Backing> PageMap<B> {
         }
     }
 
-    /// Stop tracking the block at `start` whose size was `size`. Returns
+    /// Stop tracking the block at `start`. Returns
     /// false when no tracked block starts there (a foreign pointer, or a
     /// second free of the same pointer); nothing is changed then.
-    pub fn remove(&self, start: usize, size: usize) -> bool {
+    /// `size_of` is asked for the size only once the block is claimed (the
+    /// agent reads it from the block's trailer, which only tracked blocks have).
+    pub fn remove(&self, start: usize, size_of: impl FnOnce() -> usize) -> bool {
+        if start % GRANULE != 0 {
+            return false;
+        }
         let first_page = start & !(PAGE_SIZE - 1);
         let Some(node) = self.node(first_page) else {
             return false;
@@ -417,7 +411,7 @@ impl<B: Backing> PageMap<B> {
         if node.starts[w].fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
             return false;
         }
-        let end = start.saturating_add(size.max(1));
+        let end = start.saturating_add(size_of().max(1));
         let mut page = first_page + PAGE_SIZE;
         while page < end {
             let Some(leaf) = self.leaf(page) else { break };
@@ -655,6 +649,17 @@ mod tests {
     }
 
     #[test]
+    fn bounds_include_the_first_gigabyte() {
+        // Non-PIE programs have their brk heap below 1 GiB: leaf 0.
+        let map = Map::new_boxed();
+        assert!(!map.bounds().contains(0x60_0000));
+        map.insert(0x60_0000, 16).unwrap();
+        map.insert(BASE, 16).unwrap();
+        assert!(map.bounds().contains(0x60_0000));
+        assert!(map.bounds().contains(BASE));
+    }
+
+    #[test]
     fn large_block_uses_tags_and_covers() {
         let map = Map::new_boxed();
         let start = BASE + 4096 - 16; // starts at the end of a page
@@ -662,14 +667,18 @@ mod tests {
         let model = BTreeMap::from([(start, size)]);
         map.insert(start, size).unwrap();
         for off in [0, 16, 4096, 3 * 4096 + 7, size - 1] {
-            assert_eq!(map.find(start + off, sizes(&model)), Some((start, size)), "off {off}");
+            assert_eq!(
+                map.find(start + off, sizes(&model)),
+                Some((start, size)),
+                "off {off}"
+            );
         }
         assert_eq!(map.find(start + size, sizes(&model)), None);
-        assert!(map.remove(start, size));
+        assert!(map.remove(start, || size));
         for off in [0, 4096, size - 1] {
             assert_eq!(map.candidate(start + off), None, "off {off}");
         }
-        assert!(!map.remove(start, size), "second remove must fail");
+        assert!(!map.remove(start, || size), "second remove must fail");
     }
 
     #[test]
@@ -697,7 +706,10 @@ mod tests {
         assert!(!map.is_marked(MarkSet::Referenced, BASE + 48));
         map.clear_marks(MarkSet::Reachable);
         assert!(!map.is_marked(MarkSet::Reachable, BASE + 48));
-        assert_eq!(map.first_block_touching(BASE + 4096, BASE + 8192), Some(BASE + 4080));
+        assert_eq!(
+            map.first_block_touching(BASE + 4096, BASE + 8192),
+            Some(BASE + 4080)
+        );
     }
 
     /// Random inserts, removes and lookups against a BTreeMap model.
@@ -723,13 +735,17 @@ mod tests {
                 }
                 1 => {
                     if let Some((&start, &size)) = model.range(addr..).next() {
-                        assert!(map.remove(start, size));
+                        assert!(map.remove(start, || size));
                         model.remove(&start);
                     }
                 }
                 _ => {
                     let probe = addr + rng.next() as usize % 64;
-                    assert_eq!(map.find(probe, sizes(&model)), model_find(&model, probe), "{probe:#x}");
+                    assert_eq!(
+                        map.find(probe, sizes(&model)),
+                        model_find(&model, probe),
+                        "{probe:#x}"
+                    );
                 }
             }
         }
@@ -757,13 +773,16 @@ mod tests {
                         let slot = rng.next() as usize % 20_000;
                         let start = BASE + (slot * 4 + t) * GRANULE;
                         if let Some(size) = model.remove(&start) {
-                            assert!(map.remove(start, size));
+                            assert!(map.remove(start, || size));
                         } else {
                             map.insert(start, 8).unwrap();
                             model.insert(start, 8usize);
                         }
                         let probe = BASE + ((rng.next() as usize % 20_000) * 4 + t) * GRANULE + 3;
-                        assert_eq!(map.find(probe, |_| 8).map(|b| b.0), model_find(&model, probe).map(|b| b.0));
+                        assert_eq!(
+                            map.find(probe, |_| 8).map(|b| b.0),
+                            model_find(&model, probe).map(|b| b.0)
+                        );
                     }
                     model.len()
                 })

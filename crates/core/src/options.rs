@@ -204,7 +204,10 @@ mod dir_tests {
 
     #[test]
     fn xdg_wins_when_absolute() {
-        assert_eq!(default_report_dir(Some("/run/user/7/"), 7), "/run/user/7/leakscan");
+        assert_eq!(
+            default_report_dir(Some("/run/user/7/"), 7),
+            "/run/user/7/leakscan"
+        );
         assert_eq!(default_report_dir(Some("relative"), 7), "/tmp/leakscan-7");
         assert_eq!(default_report_dir(None, 0), "/tmp/leakscan-0");
     }

@@ -394,9 +394,11 @@ mod tests {
             unsafe { m.drain() };
             let mut leaks = BTreeMap::new();
             // SAFETY: as above.
-            assert!(unsafe { classify(&self.index, size_of, |s, _, d| {
-                leaks.insert(s, d);
-            }) });
+            assert!(unsafe {
+                classify(&self.index, size_of, |s, _, d| {
+                    leaks.insert(s, d);
+                })
+            });
             leaks
         }
     }

@@ -2,6 +2,21 @@
 //!
 //! Invariant I5: no other crate names libc. Each module wraps one OS facility
 //! behind a small documented contract, so the agent and the CLI stay free of
-//! raw FFI.
+//! raw FFI:
+//!
+//! - [`real`]: glibc's allocator (`__libc_*`) and its chunk layout;
+//! - [`mem`]: leakscan's own mappings and their registry (never roots);
+//! - [`sys`]: small syscalls that never allocate (write, futex, tgkill,
+//!   clocks, process_vm_readv);
+//! - [`modules`]: loaded modules via `dl_iterate_phdr`;
+//! - [`maps`]: `/proc/self/maps`;
+//! - [`threads`]: stacks, TLS geometry, `pthread_create`, keys, signals;
+//! - [`user`]: uid/pid for the CLI.
 
+pub mod maps;
+pub mod mem;
+pub mod modules;
+pub mod real;
+pub mod sys;
+pub mod threads;
 pub mod user;

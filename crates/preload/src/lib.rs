@@ -1,0 +1,155 @@
+//! # libleakscan.so: the LD_PRELOAD agent
+//!
+//! Loaded into an unmodified program, the agent interposes the malloc family
+//! ([`hooks`]), records every live block in the lock-free index with its
+//! allocation stack ([`stack`], [`trailer`]), and when the program exits runs
+//! an exact leak check ([`check`]) and writes a schema-v1 JSON report
+//! ([`report`], [`writer`]).
+//!
+//! ## Lifecycle
+//!
+//! - Hooks work from the very first allocation, even before our constructor
+//!   (other libraries' constructors may run first): the index is a static,
+//!   the depot maps itself on first use, and defaults apply until the
+//!   options are read.
+//! - The constructor ([`init`]) reads `LEAKSCAN_OPTIONS`, finds our own
+//!   code and data (frames and roots to ignore), resolves what must not be
+//!   resolved inside a hook (`pthread_create`, TLS geometry), registers the
+//!   main thread, a fork handler and the exit check.
+//! - Threads register from our `pthread_create` trampoline ([`threads`]).
+//! - fork: the child keeps tracking its own heap; the parent's other threads
+//!   become ghosts whose stacks are roots. exec: the new image loads the
+//!   library afresh, and its report is its own.
+//! - exit: [`at_exit`] runs the check; the report is `<pid>.json`.
+//!
+//! Invariants (see docs/architecture.md): nothing we do reaches our own
+//! hooks (I1: [`guard`], [`own_heap`]); a hook never panics, unwinds or
+//! blocks (I2: panic=abort, no locks, pass-through on failure); our memory
+//! is never a root (I3).
+
+mod check;
+mod guard;
+mod hooks;
+mod own_heap;
+mod report;
+mod stack;
+mod state;
+mod stop;
+mod threads;
+mod trailer;
+mod writer;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use leakscan_core::options::Options;
+use leakscan_core::report::Trigger;
+use leakscan_platform::{modules, sys};
+
+use guard::Guard;
+use state::{options, ENABLED, OWN_BASE, OWN_TEXT};
+
+#[global_allocator]
+static OWN_HEAP: own_heap::OwnHeap = own_heap::OwnHeap;
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// Find libleakscan's own code and load base.
+fn locate_self() {
+    let here = locate_self as fn() as usize;
+    modules::for_each_module(|m| {
+        if !m.contains(here) {
+            return true;
+        }
+        OWN_BASE.store(m.base, Ordering::Relaxed);
+        let exec = m.segments().iter().filter(|s| s.executable);
+        let lo = exec.clone().map(|s| s.start).min().unwrap_or(0);
+        let hi = exec.map(|s| s.end).max().unwrap_or(0);
+        OWN_TEXT.0.store(lo, Ordering::Relaxed);
+        OWN_TEXT.1.store(hi, Ordering::Relaxed);
+        false
+    });
+}
+
+fn read_options() -> Options {
+    let text = sys::getenv(c"LEAKSCAN_OPTIONS")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let (opts, errors) = Options::parse(&text);
+    for e in errors {
+        sys::write_all(2, format!("leakscan: warning: {e} (ignored)\n").as_bytes());
+    }
+    opts
+}
+
+extern "C" fn init() {
+    let Some(g) = Guard::enter() else { return };
+    if INITIALISED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    locate_self();
+    let opts = read_options();
+    if !opts.enabled || sys::secure_execution() {
+        // Secure-execution programs are left alone: their memory layout is
+        // not ours to publish.
+        ENABLED.store(false, Ordering::Release);
+        state::set_options(opts);
+        return;
+    }
+    state::set_options(opts);
+    threads::init(&g);
+    threads::register_current(&g);
+    sys::at_fork(None, None, Some(in_fork_child));
+    sys::at_exit(at_exit);
+}
+
+unsafe extern "C" fn in_fork_child() {
+    threads::after_fork_in_child();
+}
+
+/// The exact check at `exit()` (and return from main).
+extern "C" fn at_exit() {
+    let Some(g) = Guard::enter() else { return };
+    let opts = options();
+    if !opts.leak_check_at_exit || !ENABLED.load(Ordering::Acquire) {
+        return;
+    }
+    let result = check::exact_check(&g);
+    if !result.complete {
+        sys::write_all(
+            2,
+            b"leakscan: the leak check ran out of memory; no report written\n",
+        );
+        return;
+    }
+    let report = report::build(&result, Trigger::Exit, 1, opts.max_objects);
+    let dir = writer::report_dir(opts.report_dir.as_deref());
+    let written = writer::write_report(&dir, report.process.pid, &report.to_json());
+    let leaked = report.summary.leaked_blocks;
+    match &written {
+        Err(e) => sys::write_all(2, format!("leakscan: {e}\n").as_bytes()),
+        Ok(path) if leaked > 0 && opts.verbosity >= 1 => sys::write_all(
+            2,
+            format!(
+                "leakscan: {} leaked blocks ({} bytes) in process {}; report: {}\n",
+                leaked,
+                report.summary.leaked_bytes,
+                report.process.pid,
+                path.display()
+            )
+            .as_bytes(),
+        ),
+        Ok(path) if opts.verbosity >= 2 => sys::write_all(
+            2,
+            format!("leakscan: no leaks; report: {}\n", path.display()).as_bytes(),
+        ),
+        Ok(_) => {}
+    }
+    if leaked > 0 && opts.exitcode != 0 {
+        sys::flush_stdio();
+        sys::exit_now(opts.exitcode);
+    }
+}

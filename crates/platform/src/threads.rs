@@ -1,0 +1,181 @@
+//! Threads: stack bounds, the thread pointer, static TLS geometry, the real
+//! `pthread_create`, thread-exit keys, and the stop signal.
+//!
+//! Several of these allocate inside glibc (`pthread_getattr_np` reads
+//! /proc/self/maps for the main thread and reallocs a cpuset for others;
+//! `dlsym` callocs its error buffer), so they must only be called with the
+//! agent's reentrancy guard held, never from inside a malloc hook.
+
+use core::ffi::{c_int, c_void, CStr};
+
+pub use libc::{pthread_attr_t, pthread_t};
+
+/// `void *(*)(void *)`, a thread start routine.
+pub type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+/// The signature of `pthread_create`.
+pub type PthreadCreate =
+    unsafe extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
+
+/// The calling thread's `pthread_t`; on glibc this is also its thread
+/// pointer (the TCB address, what %fs points at on x86-64).
+pub fn pthread_self() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// `[low, high)` of the calling thread's stack. Allocates inside glibc.
+pub fn current_stack_bounds() -> Option<(usize, usize)> {
+    // SAFETY: attr is initialised by pthread_getattr_np before use and
+    // destroyed after; out-pointers are valid locals.
+    unsafe {
+        let mut attr: pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut c_void = core::ptr::null_mut();
+        let mut size: usize = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+    }
+}
+
+/// The current stack pointer (approximately: this function's frame).
+#[inline(always)]
+pub fn stack_pointer() -> usize {
+    let sp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reading rsp has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reading sp has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    sp
+}
+
+/// The current frame pointer (start of the frame-pointer chain).
+#[inline(always)]
+pub fn frame_pointer() -> usize {
+    let fp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reading rbp has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reading x29 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
+    fp
+}
+
+extern "C" {
+    /// Set by the dynamic loader to the initial stack pointer of the process
+    /// (the top of the main thread's frames).
+    static __libc_stack_end: *mut c_void;
+}
+
+/// Where the main thread's frames end (its highest frame address).
+pub fn main_stack_end() -> usize {
+    // SAFETY: ld.so initialises __libc_stack_end before any user code runs.
+    unsafe { __libc_stack_end as usize }
+}
+
+fn dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
+    // SAFETY: name is NUL-terminated; dlsym tolerates unknown names.
+    unsafe { libc::dlsym(handle, name.as_ptr()) }
+}
+
+/// glibc's `pthread_create`, the next definition after ours. Allocates.
+pub fn real_pthread_create() -> Option<PthreadCreate> {
+    let p = dlsym(libc::RTLD_NEXT, c"pthread_create");
+    // SAFETY: the symbol pthread_create has this signature.
+    (!p.is_null()).then(|| unsafe { core::mem::transmute::<*mut c_void, PthreadCreate>(p) })
+}
+
+/// Size of the static TLS area and of `struct pthread`, as LeakSanitizer
+/// obtains them (glibc-private symbols; `None` if absent). Allocates.
+pub fn static_tls_geometry() -> Option<(usize, usize)> {
+    type GetInfo = unsafe extern "C" fn(*mut usize, *mut usize);
+    let get = dlsym(libc::RTLD_DEFAULT, c"_dl_get_tls_static_info");
+    let tcb = dlsym(libc::RTLD_DEFAULT, c"_thread_db_sizeof_pthread");
+    if get.is_null() || tcb.is_null() {
+        return None;
+    }
+    let (mut size, mut align) = (0usize, 0usize);
+    // SAFETY: _dl_get_tls_static_info has this signature; the sizeof symbol
+    // is a const u32 in libc's read-only data.
+    unsafe {
+        core::mem::transmute::<*mut c_void, GetInfo>(get)(&mut size, &mut align);
+        Some((size, *(tcb as *const u32) as usize))
+    }
+}
+
+/// A pthread key whose destructor runs at thread exit (also on pthread_exit
+/// and cancellation).
+pub fn key_create(destructor: unsafe extern "C" fn(*mut c_void)) -> Option<u32> {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: key is a valid out-pointer; destructor is a plain function.
+    (unsafe { libc::pthread_key_create(&mut key, Some(destructor)) } == 0).then_some(key)
+}
+
+/// Set the calling thread's value for `key` (non-null: destructor will run).
+pub fn key_set(key: u32, value: usize) {
+    // SAFETY: key came from key_create.
+    unsafe { libc::pthread_setspecific(key, value as *const c_void) };
+}
+
+/// Signal-handler signature with siginfo and ucontext.
+pub type SigHandler = extern "C" fn(c_int, *mut c_void, *mut c_void);
+
+/// Install `handler` for `sig` (restarting interrupted syscalls, on the
+/// thread's alternate stack if it has one, all signals blocked meanwhile).
+pub fn install_handler(sig: c_int, handler: SigHandler) -> bool {
+    // SAFETY: the sigaction struct is fully initialised; the handler is a
+    // plain function valid for the process lifetime.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+        libc::sigfillset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, core::ptr::null_mut()) == 0
+    }
+}
+
+/// General-purpose registers saved in a signal frame, plus the interrupted
+/// stack pointer.
+pub const SAVED_REGS: usize = 23;
+
+/// Copy the interrupted thread's registers out of a signal handler's
+/// ucontext; returns its stack pointer. Async-signal-safe.
+///
+/// # Safety
+/// `uctx` must be the third argument of an SA_SIGINFO handler.
+pub unsafe fn saved_registers(uctx: *mut c_void, out: &mut [usize; SAVED_REGS]) -> usize {
+    // SAFETY: per the contract uctx points to a ucontext_t.
+    let uc = unsafe { &*(uctx as *const libc::ucontext_t) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (o, r) in out.iter_mut().zip(uc.uc_mcontext.gregs.iter()) {
+            *o = *r as usize;
+        }
+        uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        for (o, r) in out.iter_mut().zip(uc.uc_mcontext.regs.iter()) {
+            *o = *r as usize;
+        }
+        uc.uc_mcontext.sp as usize
+    }
+}
+
+/// The signal leakscan uses to stop threads for the exact at-exit check
+/// (Boehm GC's choice; its default action is never reached because the
+/// handler stays installed once set).
+pub const STOP_SIGNAL: c_int = libc::SIGPWR;

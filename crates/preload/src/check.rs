@@ -1,0 +1,382 @@
+//! The exact leak check: stop the world, mark from every root, classify.
+//!
+//! ## Pipeline
+//!
+//! 1. take the loader lock (run inside a `dl_iterate_phdr` callback) so no
+//!    module comes or goes and no stopped thread can be holding it;
+//! 2. stop every other registered thread ([`stop`]);
+//! 3. roots, graying every block a word points into:
+//!    - writable segments of every module except libleakscan itself;
+//!    - every thread: saved registers, its stack from the stack pointer up,
+//!      its static TLS and TCB (DTV and dynamic TLS are heap blocks
+//!      reachable from there); threads that could not be stopped and fork
+//!      ghosts are scanned whole;
+//!    - memory the program mapped itself: anonymous writable mappings,
+//!      minus leakscan's own mappings, thread stacks (live and dead), glibc
+//!      arena heaps and the chunks of live blocks (malloc's memory is
+//!      reached through the blocks themselves, never as a root);
+//! 4. scan gray blocks until none is left;
+//! 5. classify what stayed white into direct and indirect leaks;
+//! 6. resume the threads.
+//!
+//! Between 2 and 6 other threads may hold glibc's malloc locks, so nothing
+//! here allocates from the heap: buffers are leakscan's own mappings
+//! ([`MapVec`], [`mem::map`]). Memory that another (unregistered) thread
+//! could unmap meanwhile is copied with `process_vm_readv`, which reports a
+//! vanished page instead of faulting.
+
+use core::sync::atomic::Ordering;
+
+use leakscan_core::index::MarkSet;
+use leakscan_core::scan::{classify, Marker};
+use leakscan_platform::mem::{self, MapVec, MmapBacking};
+use leakscan_platform::{maps, modules, real, sys, threads as pt};
+
+use crate::guard::Guard;
+use crate::state::{INDEX, OWN_BASE};
+use crate::stop;
+use crate::threads::{self, GHOST, LIVE, SLOTS};
+use crate::trailer;
+
+/// One leaked block, as found by the check.
+#[derive(Debug, Clone, Copy)]
+pub struct LeakRecord {
+    pub start: usize,
+    pub size: usize,
+    pub direct: bool,
+    pub stack: u32,
+    pub tick: u32,
+}
+
+pub struct CheckResult {
+    pub leaks: MapVec<LeakRecord>,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub scanned_bytes: u64,
+    pub duration_ns: u64,
+    /// False if leakscan ran out of its own memory mid-check; the leak list
+    /// is then not trustworthy and is not reported.
+    pub complete: bool,
+}
+
+/// glibc's non-main arenas live in heaps of this size, aligned to it.
+const HEAP_MAX: usize = 64 << 20;
+const PAGE: usize = 4096;
+/// Stack below the saved stack pointer that may still hold live data (the
+/// x86-64 red zone).
+const RED_ZONE: usize = 128;
+const COPY_BUF: usize = 256 * 1024;
+
+type SizeOf = fn(usize) -> usize;
+
+fn block_size(start: usize) -> usize {
+    live_trailer(start).size
+}
+
+fn live_trailer(start: usize) -> trailer::Trailer {
+    // SAFETY: only called for blocks the index holds, which are live while
+    // the world is stopped.
+    unsafe { trailer::read(start) }
+}
+
+/// Memory the check uses, mapped before the world stops.
+struct Scratch {
+    copy: *mut u8,
+    maps: *mut u8,
+    maps_len: usize,
+    excluded: MapVec<(usize, usize)>,
+}
+
+impl Scratch {
+    fn new() -> Option<Scratch> {
+        let copy = mem::map(COPY_BUF)?.as_ptr();
+        let maps_len = 4 << 20;
+        let maps = mem::map(maps_len)?.as_ptr();
+        Some(Scratch {
+            copy,
+            maps,
+            maps_len,
+            excluded: MapVec::new(),
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: both are our own mappings of these lengths, unused now.
+        unsafe {
+            mem::unmap(self.copy, COPY_BUF);
+            mem::unmap(self.maps, self.maps_len);
+        }
+    }
+}
+
+/// Run the exact check. Other threads are stopped for its duration.
+pub fn exact_check(g: &Guard) -> CheckResult {
+    let started = sys::monotonic_ns();
+    let mut result = CheckResult {
+        leaks: MapVec::new(),
+        live_blocks: 0,
+        live_bytes: 0,
+        scanned_bytes: 0,
+        duration_ns: 0,
+        complete: false,
+    };
+    let Some(mut scratch) = Scratch::new() else {
+        return result;
+    };
+    let mut ran = false;
+    modules::for_each_module(|_| {
+        ran = true;
+        check_locked(g, &mut scratch, &mut result);
+        false
+    });
+    if !ran {
+        check_locked(g, &mut scratch, &mut result);
+    }
+    result.duration_ns = sys::monotonic_ns() - started;
+    result
+}
+
+fn check_locked(g: &Guard, scratch: &mut Scratch, result: &mut CheckResult) {
+    let stop = stop::stop_others(g);
+    INDEX.clear_marks(MarkSet::Reachable);
+    let mut marker = Marker::new(&INDEX, block_size as SizeOf);
+    let mut roots = Roots {
+        marker: &mut marker,
+        // SAFETY: `copy` is our own mapping of COPY_BUF bytes, page-aligned.
+        copy: unsafe { core::slice::from_raw_parts_mut(scratch.copy as *mut usize, COPY_BUF / 8) },
+        excluded: &mut scratch.excluded,
+    };
+    roots.globals();
+    roots.threads(stop);
+    roots.own_memory();
+    let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
+    // SAFETY: the world is stopped; tracked blocks stay live and mapped.
+    unsafe { marker.drain() };
+    let mut recorded_all = true;
+    // SAFETY: as above.
+    let classified = unsafe {
+        classify(&INDEX, block_size as SizeOf, |start, size, direct| {
+            let t = live_trailer(start);
+            recorded_all &= result.leaks.push(LeakRecord {
+                start,
+                size,
+                direct,
+                stack: t.stack,
+                tick: t.tick,
+            });
+        })
+    };
+    let complete = maps_ok && !marker.overflowed() && classified && recorded_all;
+    INDEX.for_each_block(|start| {
+        result.live_blocks += 1;
+        result.live_bytes += block_size(start) as u64;
+    });
+    result.scanned_bytes = marker.scanned_bytes();
+    result.complete = complete;
+    stop::resume_others(stop);
+}
+
+struct Roots<'a, 'm> {
+    marker: &'a mut Marker<'m, MmapBacking, SizeOf>,
+    copy: &'a mut [usize],
+    /// Ranges that are not the program's own mappings, or that were already
+    /// scanned: subtracted from the anonymous mappings.
+    excluded: &'a mut MapVec<(usize, usize)>,
+}
+
+impl Roots<'_, '_> {
+    /// Writable segments of every module but ours, read in place: the loader
+    /// lock is held, so none can be unmapped.
+    fn globals(&mut self) {
+        let own = OWN_BASE.load(Ordering::Relaxed);
+        let (marker, excluded) = (&mut *self.marker, &mut *self.excluded);
+        modules::for_each_module(|m| {
+            for seg in m.segments() {
+                if m.base == own {
+                    excluded.push((seg.start, seg.end));
+                } else if seg.writable {
+                    excluded.push((seg.start, seg.end));
+                    // SAFETY: PT_LOAD segments of a loaded module are mapped
+                    // and readable while the loader lock is held.
+                    unsafe { marker.scan_range(seg.start, seg.end - seg.start) };
+                }
+            }
+            true
+        });
+    }
+
+    /// Every registered thread: registers, stack, static TLS and TCB.
+    fn threads(&mut self, stop: u32) {
+        let me = sys::gettid();
+        let tls = threads::tls_geometry();
+        for slot in &SLOTS {
+            let state = slot.state.load(Ordering::Acquire);
+            if state != LIVE && state != GHOST {
+                continue;
+            }
+            let (lo, hi) = (
+                slot.stack_lo.load(Ordering::Relaxed),
+                slot.stack_hi.load(Ordering::Relaxed),
+            );
+            self.excluded.push((lo, hi));
+            if state == LIVE && slot.tid.load(Ordering::Relaxed) == me {
+                let sp = pt::stack_pointer();
+                // SAFETY: our own live stack, from our frame up.
+                unsafe { self.marker.scan_range(sp, hi.saturating_sub(sp)) };
+            } else if state == LIVE && slot.stopped.load(Ordering::Acquire) == stop {
+                let mut regs = [0usize; pt::SAVED_REGS];
+                for (r, saved) in regs.iter_mut().zip(&slot.regs) {
+                    *r = saved.load(Ordering::Relaxed);
+                }
+                self.marker.scan_words(&regs);
+                let sp = slot.sp.load(Ordering::Relaxed);
+                if lo <= sp && sp < hi {
+                    self.copied(sp.saturating_sub(RED_ZONE).max(lo), hi);
+                } else {
+                    // On an alternate signal stack or a coroutine stack.
+                    self.copied(lo, hi);
+                }
+            } else {
+                self.copied(lo, hi);
+            }
+            if let Some((tls_size, tcb_size)) = tls {
+                let tp = slot.tp.load(Ordering::Relaxed);
+                self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
+            }
+        }
+        let mut dead = MapVec::<(usize, usize, usize)>::new();
+        threads::for_each_dead_stack(|lo, hi, tp| {
+            dead.push((lo, hi, tp));
+        });
+        for &(lo, hi, tp) in dead.as_slice() {
+            self.excluded.push((lo, hi));
+            if let Some((_, tcb_size)) = tls {
+                self.copied(tp, tp + tcb_size);
+            }
+        }
+    }
+
+    /// leakscan's own mappings are never roots (I3).
+    fn own_memory(&mut self) {
+        let excluded = &mut *self.excluded;
+        mem::for_each_own_mapping(|start, len| {
+            excluded.push((start, start + len));
+        });
+    }
+
+    /// Anonymous writable mappings the program made itself (custom arenas,
+    /// e.g. CPython's), minus everything excluded so far and malloc's own
+    /// memory. Returns false if /proc/self/maps could not be read.
+    fn program_mappings(&mut self, buf: *mut u8, len: usize) -> bool {
+        // SAFETY: buf is our own mapping of len bytes.
+        let text = unsafe { core::slice::from_raw_parts_mut(buf, len) };
+        let Some(n) = maps::read_maps(text) else {
+            return false;
+        };
+        let excluded = self.excluded.as_mut_slice();
+        excluded.sort_unstable();
+        let excluded: &[(usize, usize)] = excluded;
+        // Copy the exclusions' location out so `self` can be borrowed mutably.
+        let (ex_ptr, ex_len) = (excluded.as_ptr(), excluded.len());
+        for m in maps::mappings(&text[..n]) {
+            if !(m.readable && m.writable && m.is_anonymous()) {
+                continue;
+            }
+            // SAFETY: the exclusion list is not modified during this loop.
+            let excluded = unsafe { core::slice::from_raw_parts(ex_ptr, ex_len) };
+            let mut cur = m.start;
+            for &(lo, hi) in excluded {
+                if hi <= cur || lo >= m.end {
+                    continue;
+                }
+                if lo > cur {
+                    self.program_region(cur, lo);
+                }
+                cur = cur.max(hi);
+                if cur >= m.end {
+                    break;
+                }
+            }
+            if cur < m.end {
+                self.program_region(cur, m.end);
+            }
+        }
+        true
+    }
+
+    /// Scan `[lo, hi)` of a program mapping, skipping glibc arena heaps.
+    fn program_region(&mut self, lo: usize, hi: usize) {
+        let mut cur = lo;
+        while cur < hi {
+            if cur % HEAP_MAX == 0 {
+                if let Some(len) = self.arena_heap_len(cur) {
+                    cur = cur.saturating_add(len);
+                    continue;
+                }
+            }
+            let end = ((cur / HEAP_MAX + 1) * HEAP_MAX).min(hi);
+            self.outside_blocks(cur, end);
+            cur = end;
+        }
+    }
+
+    /// The length of the glibc arena heap starting at `a`, if one does: its
+    /// `heap_info` header (arena pointer, previous heap, size, mprotect size)
+    /// has a recognisable shape.
+    fn arena_heap_len(&mut self, a: usize) -> Option<usize> {
+        let mut words = [0usize; 4];
+        // SAFETY: a [usize; 4] viewed as bytes.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, 32) };
+        if sys::read_self(a, bytes) != 32 {
+            return None;
+        }
+        let [arena, prev, size, protected] = words;
+        let header_ok = matches!(arena % HEAP_MAX, 32 | 48) && arena != 0;
+        let prev_ok = prev == 0 || prev % HEAP_MAX == 0;
+        let size_ok = size > 0 && size <= HEAP_MAX && size % PAGE == 0;
+        let prot_ok = protected >= size && protected <= HEAP_MAX && protected % PAGE == 0;
+        (header_ok && prev_ok && size_ok && prot_ok).then_some(protected)
+    }
+
+    /// Scan `[lo, hi)` except the pages of live tracked blocks' chunks.
+    fn outside_blocks(&mut self, lo: usize, hi: usize) {
+        let mut cur = lo;
+        while cur < hi {
+            let Some(block) = INDEX.first_block_touching(cur, hi) else {
+                self.copied(cur, hi);
+                return;
+            };
+            // SAFETY: the index holds only live blocks while the world is
+            // stopped, so the chunk header is readable.
+            let (clo, chi) = unsafe { real::chunk_extent(block as *const u8) };
+            let skip_from = (clo & !(PAGE - 1)).max(cur);
+            if skip_from > cur {
+                self.copied(cur, skip_from.min(hi));
+            }
+            let next = (chi + PAGE - 1) & !(PAGE - 1);
+            cur = next.max((cur & !(PAGE - 1)) + PAGE);
+        }
+    }
+
+    /// Scan memory that might vanish, through process_vm_readv copies.
+    fn copied(&mut self, lo: usize, hi: usize) {
+        let mut cur = (lo + 7) & !7;
+        let cap = self.copy.len() * 8;
+        while cur + 8 <= hi {
+            let want = (hi - cur).min(cap) & !7;
+            // SAFETY: the copy buffer viewed as bytes.
+            let bytes =
+                unsafe { core::slice::from_raw_parts_mut(self.copy.as_mut_ptr() as *mut u8, want) };
+            let got = sys::read_self(cur, bytes) & !7;
+            self.marker.scan_words(&self.copy[..got / 8]);
+            cur = if got == want {
+                cur + got
+            } else {
+                // Skip the page that could not be read.
+                ((cur + got) & !(PAGE - 1)) + PAGE
+            };
+        }
+    }
+}

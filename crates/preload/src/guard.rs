@@ -1,0 +1,97 @@
+//! The reentrancy guard and the rest of leakscan's per-thread state.
+//!
+//! Everything leakscan does can call back into malloc: glibc internals,
+//! `dlsym`, the Rust standard library. A hook that finds the guard held
+//! passes straight through to glibc and records nothing, so leakscan never
+//! tracks (or recurses into) its own work. The state is one `const`-
+//! initialised thread-local with no destructor: accessing it never
+//! allocates or registers anything, which is what makes it usable in a
+//! malloc hook at all (a TLS destructor registration would call calloc).
+//!
+//! [`Guard`] is an RAII witness: code that may only run inside leakscan's own
+//! work takes `&Guard`.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
+
+use crate::state::ENABLED;
+
+pub struct ThreadState {
+    busy: Cell<bool>,
+    /// `[stack_lo, stack_hi)` of this thread, 0/0 until registered.
+    stack_lo: Cell<usize>,
+    stack_hi: Cell<usize>,
+    /// Index + 1 of this thread's registry slot, 0 if none.
+    slot: Cell<usize>,
+}
+
+thread_local! {
+    static STATE: ThreadState = const {
+        ThreadState {
+            busy: Cell::new(false),
+            stack_lo: Cell::new(0),
+            stack_hi: Cell::new(0),
+            slot: Cell::new(0),
+        }
+    };
+}
+
+/// Proof that the calling thread is inside leakscan's own work.
+pub struct Guard {
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Guard {
+    /// Enter for a tracking hook: `None` when the thread is already inside
+    /// leakscan or tracking is off (then the hook passes through).
+    #[inline(always)]
+    pub fn enter_tracking() -> Option<Guard> {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return None;
+        }
+        Self::enter()
+    }
+
+    /// Enter for leakscan's own work; `None` if the thread already is inside.
+    #[inline(always)]
+    pub fn enter() -> Option<Guard> {
+        STATE.with(|s| {
+            if s.busy.get() {
+                None
+            } else {
+                s.busy.set(true);
+                Some(Guard {
+                    _not_send: PhantomData,
+                })
+            }
+        })
+    }
+}
+
+impl Drop for Guard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        STATE.with(|s| s.busy.set(false));
+    }
+}
+
+/// This thread's stack bounds, if registered.
+#[inline(always)]
+pub fn stack_bounds() -> (usize, usize) {
+    STATE.with(|s| (s.stack_lo.get(), s.stack_hi.get()))
+}
+
+/// Record this thread's stack bounds and registry slot.
+pub fn set_thread(_g: &Guard, bounds: (usize, usize), slot: usize) {
+    STATE.with(|s| {
+        s.stack_lo.set(bounds.0);
+        s.stack_hi.set(bounds.1);
+        s.slot.set(slot + 1);
+    });
+}
+
+/// This thread's registry slot (async-signal-safe: a plain TLS read).
+pub fn thread_slot() -> Option<usize> {
+    STATE.with(|s| s.slot.get().checked_sub(1))
+}

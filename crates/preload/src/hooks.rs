@@ -1,0 +1,231 @@
+//! The interposed malloc family.
+//!
+//! Each hook is: guard → real allocator (`__libc_*`, with room for the
+//! trailer) → record (stack, trailer, index). `free` always consults the
+//! index, even inside the guard or with tracking off, so a freed block can
+//! never stay in the index. A pointer the index does not know is handed to
+//! glibc untouched: blocks allocated while the guard was held, before a
+//! failure switched tracking off, or by anything that bypassed us.
+//!
+//! No hook takes a lock, allocates from the program's heap for itself, or
+//! can panic: errors end in passing through (I2). `errno` is set exactly as
+//! glibc would (ENOMEM, EINVAL) and left alone by `free`.
+
+use core::ffi::{c_int, c_void};
+
+use leakscan_core::index::InsertError;
+use leakscan_platform::{real, sys};
+
+use crate::guard::Guard;
+use crate::stack;
+use crate::state::{disable_tracking, INDEX};
+use crate::trailer::{self, TRAILER};
+
+const PAGE: usize = 4096;
+
+/// Record a fresh glibc block `p` of `size` requested bytes (with trailer
+/// room). Inlined so that the stack walk starts in the hook's own frame.
+#[inline(always)]
+fn record(g: &Guard, p: *mut u8, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return p as *mut c_void;
+    }
+    let stack = stack::capture(g);
+    let tick = sys::coarse_ms() as u32;
+    // SAFETY: p is a fresh glibc block of at least size + TRAILER bytes.
+    unsafe { trailer::write(p as usize, size, stack, tick) };
+    match INDEX.insert(p as usize, size) {
+        Ok(()) | Err(InsertError::OutOfRange) => {}
+        Err(InsertError::NoMemory) => disable_tracking("out of memory for the block index"),
+    }
+    p as *mut c_void
+}
+
+/// Forget `p` if it is a tracked block; true if it was.
+#[inline(always)]
+fn untrack(p: *mut c_void) -> bool {
+    // SAFETY: the closure runs only once p is known to be a live tracked
+    // block, which has a trailer.
+    INDEX.remove(p as usize, || unsafe { trailer::size_of(p as usize) })
+}
+
+#[inline(always)]
+fn with_trailer(size: usize) -> Option<usize> {
+    size.checked_add(TRAILER)
+        .filter(|&n| n <= isize::MAX as usize)
+}
+
+/// # Safety
+/// The C `malloc` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    match (Guard::enter_tracking(), with_trailer(size)) {
+        (Some(g), Some(total)) => record(&g, real::malloc(total), size),
+        _ => real::malloc(size) as *mut c_void,
+    }
+}
+
+/// # Safety
+/// The C `free` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    untrack(p);
+    // SAFETY: p is a live block from glibc (tracked or foreign).
+    unsafe { real::free(p as *mut u8) }
+}
+
+/// # Safety
+/// The C `calloc` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let Some(bytes) = n.checked_mul(size) else {
+        sys::set_errno(libc_enomem());
+        return core::ptr::null_mut();
+    };
+    match (Guard::enter_tracking(), with_trailer(bytes)) {
+        (Some(g), Some(total)) => record(&g, real::calloc(1, total), bytes),
+        _ => real::calloc(n, size) as *mut c_void,
+    }
+}
+
+/// # Safety
+/// The C `realloc` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { malloc(size) };
+    }
+    if size == 0 {
+        // glibc frees and returns NULL for realloc(p, 0).
+        // SAFETY: forwarded contract.
+        unsafe { free(p) };
+        return core::ptr::null_mut();
+    }
+    if !INDEX.is_start(p as usize) {
+        // Foreign block: stays foreign.
+        // SAFETY: p is a live glibc block.
+        return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
+    }
+    // SAFETY: p is a live tracked block.
+    let old = unsafe { trailer::read(p as usize) };
+    // Unlink before glibc may free and hand the old address to another
+    // thread, whose insert we must not undo.
+    if !untrack(p) {
+        // SAFETY: p is a live glibc block (a racing free would be the
+        // program's own double free).
+        return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
+    }
+    let (Some(g), Some(total)) = (Guard::enter_tracking(), with_trailer(size)) else {
+        // SAFETY: p is a live glibc block; the result stays untracked.
+        return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
+    };
+    // SAFETY: p is a live glibc block.
+    let q = unsafe { real::realloc(p as *mut u8, total) };
+    if q.is_null() {
+        // The old block is untouched and still ours: track it again.
+        let _ = INDEX.insert(p as usize, old.size);
+        return core::ptr::null_mut();
+    }
+    record(&g, q, size)
+}
+
+/// # Safety
+/// The C `reallocarray` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded contract.
+        Some(bytes) => unsafe { realloc(p, bytes) },
+        None => {
+            sys::set_errno(libc_enomem());
+            core::ptr::null_mut()
+        }
+    }
+}
+
+#[inline(always)]
+fn aligned(align: usize, size: usize) -> *mut c_void {
+    match (Guard::enter_tracking(), with_trailer(size)) {
+        (Some(g), Some(total)) => record(&g, real::memalign(align, total), size),
+        _ => real::memalign(align, size) as *mut c_void,
+    }
+}
+
+/// # Safety
+/// The C `memalign` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    aligned(align, size)
+}
+
+/// # Safety
+/// The C `aligned_alloc` contract (glibc 2.36 treats it as memalign).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    aligned(align, size)
+}
+
+/// # Safety
+/// The C `posix_memalign` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<usize>() != 0 {
+        return libc_einval();
+    }
+    let p = aligned(align, size);
+    if p.is_null() {
+        return libc_enomem();
+    }
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { *out = p };
+    0
+}
+
+/// # Safety
+/// The C `valloc` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    aligned(PAGE, size)
+}
+
+/// # Safety
+/// The C `pvalloc` contract: the whole rounded-up size is the caller's.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let Some(rounded) = size
+        .checked_add(PAGE - 1)
+        .map(|n| (n & !(PAGE - 1)).max(PAGE))
+    else {
+        sys::set_errno(libc_enomem());
+        return core::ptr::null_mut();
+    };
+    aligned(PAGE, rounded)
+}
+
+/// # Safety
+/// The C `malloc_usable_size` contract.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: p is a live glibc block.
+    let usable = unsafe { real::usable_size(p as *const u8) };
+    if INDEX.is_start(p as usize) {
+        usable - TRAILER
+    } else {
+        usable
+    }
+}
+
+fn libc_enomem() -> c_int {
+    sys::ENOMEM
+}
+
+fn libc_einval() -> c_int {
+    sys::EINVAL
+}

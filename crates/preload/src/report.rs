@@ -1,0 +1,166 @@
+//! Turning a check's leak records into a schema-v1 report: grouping by
+//! allocation stack, symbolizing only the stacks that are reported (I6), and
+//! the process description.
+//!
+//! Runs after the world has been resumed, so it may allocate. Frames carry
+//! module + offset + build-id as well as the resolved function/file/line,
+//! so a report from a stripped binary can be symbolized later, elsewhere.
+
+use std::collections::HashMap;
+
+use leakscan_core::report::{
+    hex, sort_groups, Frame, LeakGroup, LeakKind, LeakedObject, Process, Report, Scan, Summary,
+    Tool, Trigger, SCHEMA_VERSION,
+};
+use leakscan_platform::{modules, sys};
+
+use crate::check::{CheckResult, LeakRecord};
+use crate::state::DEPOT;
+
+/// A loaded module, as needed to describe a frame.
+struct ModuleInfo {
+    path: String,
+    base: usize,
+    ranges: Vec<(usize, usize)>,
+    build_id: Option<String>,
+}
+
+fn snapshot_modules() -> Vec<ModuleInfo> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    modules::for_each_module(|m| {
+        let path = if m.name.is_empty() {
+            exe.clone()
+        } else {
+            String::from_utf8_lossy(m.name).into_owned()
+        };
+        out.push(ModuleInfo {
+            path,
+            base: m.base,
+            ranges: m.segments().iter().map(|s| (s.start, s.end)).collect(),
+            build_id: (!m.build_id.is_empty())
+                .then(|| m.build_id.iter().map(|b| format!("{b:02x}")).collect()),
+        });
+        true
+    });
+    out
+}
+
+fn describe_frame(ip: usize, modules: &[ModuleInfo]) -> Vec<Frame> {
+    let module = modules
+        .iter()
+        .find(|m| m.ranges.iter().any(|&(lo, hi)| lo <= ip && ip < hi));
+    let base_frame = Frame {
+        ip: hex(ip as u64),
+        module: module.map(|m| m.path.clone()),
+        offset: module.map(|m| hex((ip - m.base) as u64)),
+        build_id: module.and_then(|m| m.build_id.clone()),
+        function: None,
+        file: None,
+        line: None,
+        inlined: false,
+    };
+    let mut frames = Vec::new();
+    // Return addresses point after the call; look up the call itself.
+    backtrace::resolve((ip - 1) as *mut core::ffi::c_void, |sym| {
+        let mut f = base_frame.clone();
+        f.function = sym.name().map(|n| n.to_string());
+        f.file = sym.filename().map(|p| p.to_string_lossy().into_owned());
+        f.line = sym.lineno();
+        frames.push(f);
+    });
+    if frames.is_empty() {
+        frames.push(base_frame);
+    }
+    // The resolver yields inlined frames first, the real function last.
+    let last = frames.len() - 1;
+    for f in &mut frames[..last] {
+        f.inlined = true;
+    }
+    frames
+}
+
+fn process() -> Process {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let argv = sys::read_file("/proc/self/cmdline")
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Process {
+        pid: sys::getpid() as u32,
+        exe,
+        argv,
+    }
+}
+
+/// Build the report of one check.
+pub fn build(result: &CheckResult, trigger: Trigger, number: u64, max_objects: usize) -> Report {
+    let now = sys::coarse_ms() as u32;
+    let mut groups: HashMap<(bool, u32), Vec<LeakRecord>> = HashMap::new();
+    for leak in result.leaks.as_slice() {
+        groups
+            .entry((leak.direct, leak.stack))
+            .or_default()
+            .push(*leak);
+    }
+    let modules = snapshot_modules();
+    let mut summary = Summary::default();
+    let mut leaks: Vec<LeakGroup> = groups
+        .into_iter()
+        .map(|((direct, stack), mut blocks)| {
+            let kind = if direct {
+                LeakKind::Direct
+            } else {
+                LeakKind::Indirect
+            };
+            let bytes: u64 = blocks.iter().map(|b| b.size as u64).sum();
+            summary.add(kind, blocks.len() as u64, bytes);
+            blocks.sort_by_key(|b| (std::cmp::Reverse(b.size), b.start));
+            LeakGroup {
+                kind,
+                count: blocks.len() as u64,
+                bytes,
+                objects: blocks
+                    .iter()
+                    .take(max_objects)
+                    .map(|b| LeakedObject {
+                        address: hex(b.start as u64),
+                        size: b.size as u64,
+                        age_ms: u64::from(now.wrapping_sub(b.tick)),
+                    })
+                    .collect(),
+                stack: DEPOT
+                    .frames(stack)
+                    .into_iter()
+                    .flat_map(|ip| describe_frame(ip, &modules))
+                    .collect(),
+                pid: None,
+            }
+        })
+        .collect();
+    sort_groups(&mut leaks);
+    Report {
+        schema_version: SCHEMA_VERSION,
+        tool: Tool::current(),
+        process: process(),
+        scan: Scan {
+            trigger,
+            number,
+            duration_ms: result.duration_ns as f64 / 1e6,
+            scanned_bytes: result.scanned_bytes,
+            live_blocks: result.live_blocks,
+            live_bytes: result.live_bytes,
+        },
+        summary,
+        leaks,
+        children: Vec::new(),
+    }
+}
