@@ -160,6 +160,8 @@ pub struct Marker<'a, B: Backing, S: Fn(usize) -> usize> {
     /// self-references do not count as "referenced by another block".
     current: (usize, usize),
     scanned_bytes: u64,
+    marked_blocks: u64,
+    marked_bytes: u64,
 }
 
 impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
@@ -186,12 +188,19 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
             policy,
             current: (0, 0),
             scanned_bytes: 0,
+            marked_blocks: 0,
+            marked_bytes: 0,
         }
     }
 
     /// Bytes of roots and blocks scanned so far.
     pub fn scanned_bytes(&self) -> u64 {
         self.scanned_bytes
+    }
+
+    /// Blocks newly marked by this marker, and their bytes.
+    pub fn marked(&self) -> (u64, u64) {
+        (self.marked_blocks, self.marked_bytes)
     }
 
     /// Whether the gray stack ran out of memory (the result is then not exact).
@@ -204,6 +213,8 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
     pub fn gray_block(&mut self, start: usize) {
         if self.index.mark(self.policy.set, start) {
             let size = (self.size_of)(start);
+            self.marked_blocks += 1;
+            self.marked_bytes += size as u64;
             self.gray.push(start, size);
         }
     }
@@ -216,6 +227,11 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
         let Some(start) = self.index.candidate(word) else {
             return;
         };
+        // Most words that hit a block hit one already marked: skip the size
+        // lookup (a cache miss on the block's trailer) when marking is moot.
+        if self.index.is_marked(self.policy.set, start) {
+            return;
+        }
         let size = (self.size_of)(start);
         if word - start >= size.max(1) {
             return;
@@ -226,8 +242,12 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
         if self.policy.skip_reachable && self.index.is_marked(MarkSet::Reachable, start) {
             return;
         }
-        if self.index.mark(self.policy.set, start) && self.policy.push {
-            self.gray.push(start, size);
+        if self.index.mark(self.policy.set, start) {
+            self.marked_blocks += 1;
+            self.marked_bytes += size as u64;
+            if self.policy.push {
+                self.gray.push(start, size);
+            }
         }
     }
 

@@ -169,10 +169,11 @@ fn check_locked(g: &Guard, scratch: &mut Scratch, result: &mut CheckResult) {
         })
     };
     let complete = maps_ok && !marker.overflowed() && classified && recorded_all;
-    INDEX.for_each_block(|start| {
-        result.live_blocks += 1;
-        result.live_bytes += block_size(start) as u64;
-    });
+    // Live = reached + leaked: no second pass over every block's trailer.
+    let (reached, reached_bytes) = marker.marked();
+    result.live_blocks = reached + result.leaks.len() as u64;
+    result.live_bytes =
+        reached_bytes + result.leaks.as_slice().iter().map(|l| l.size as u64).sum::<u64>();
     result.scanned_bytes = marker.scanned_bytes();
     result.complete = complete;
     stop::resume_others(stop);
