@@ -56,8 +56,10 @@ impl<B: Backing> Default for StackDepot<B> {
     }
 }
 
+/// The depot's hash of a stack; callers may use it to key a private cache
+/// in front of [`StackDepot::intern_hashed`].
 #[inline(always)]
-fn hash(frames: &[usize]) -> u64 {
+pub fn hash(frames: &[usize]) -> u64 {
     let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ frames.len() as u64;
     for &f in frames {
         h = (h ^ f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -132,10 +134,14 @@ impl<B: Backing> StackDepot<B> {
     /// The id of `frames`, adding them if new; 0 if the depot is full,
     /// unavailable, or `frames` is empty.
     pub fn intern(&self, frames: &[usize]) -> u32 {
+        self.intern_hashed(frames, hash(frames))
+    }
+
+    /// [`Self::intern`] with `h == hash(frames)` already computed.
+    pub fn intern_hashed(&self, frames: &[usize], h: u64) -> u32 {
         if frames.is_empty() || !self.ready() {
             return 0;
         }
-        let h = hash(frames);
         let tag = (h >> 32) | 1;
         let mut i = h as usize & (TABLE_LEN - 1);
         for _ in 0..MAX_PROBES {

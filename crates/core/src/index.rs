@@ -370,9 +370,7 @@ impl<B: Backing> PageMap<B> {
         }
         let node = self.node_or_create(first_page)?;
         let (w, bit) = Self::granule_bit(start);
-        for set in &node.marks {
-            set[w].fetch_and(!bit, Ordering::Relaxed);
-        }
+        // Marks are not touched: a scan clears the sets it uses first.
         node.starts[w].fetch_or(bit, Ordering::Release);
         Ok(())
     }
@@ -397,8 +395,10 @@ impl<B: Backing> PageMap<B> {
     /// Stop tracking the block at `start`. Returns
     /// false when no tracked block starts there (a foreign pointer, or a
     /// second free of the same pointer); nothing is changed then.
-    /// `size_of` is asked for the size only once the block is claimed (the
-    /// agent reads it from the block's trailer, which only tracked blocks have).
+    /// `size_of` is asked for the block's extent only once the block is
+    /// claimed; an over-estimate is harmless (covers are cleared only where
+    /// they still name this block), so the agent may pass the allocator's
+    /// usable size instead of the requested one.
     pub fn remove(&self, start: usize, size_of: impl FnOnce() -> usize) -> bool {
         if start % GRANULE != 0 {
             return false;

@@ -24,7 +24,13 @@ pub struct ThreadState {
     stack_hi: Cell<usize>,
     /// Index + 1 of this thread's registry slot, 0 if none.
     slot: Cell<usize>,
+    /// Direct-mapped cache of recent stacks: (hash, depot id). Most
+    /// allocations repeat a stack the thread used moments ago; this skips
+    /// the shared depot table for them.
+    stacks: [Cell<(u64, u32)>; STACK_CACHE],
 }
+
+const STACK_CACHE: usize = 64;
 
 thread_local! {
     static STATE: ThreadState = const {
@@ -33,6 +39,7 @@ thread_local! {
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
             slot: Cell::new(0),
+            stacks: [const { Cell::new((0, 0)) }; STACK_CACHE],
         }
     };
 }
@@ -94,4 +101,19 @@ pub fn set_thread(_g: &Guard, bounds: (usize, usize), slot: usize) {
 /// This thread's registry slot (async-signal-safe: a plain TLS read).
 pub fn thread_slot() -> Option<usize> {
     STATE.with(|s| s.slot.get().checked_sub(1))
+}
+
+/// The depot id cached for a stack hash, if any.
+#[inline(always)]
+pub fn cached_stack(hash: u64) -> Option<u32> {
+    STATE.with(|s| {
+        let (h, id) = s.stacks[hash as usize % STACK_CACHE].get();
+        (h == hash && id != 0).then_some(id)
+    })
+}
+
+/// Remember the depot id of a stack hash.
+#[inline(always)]
+pub fn cache_stack(hash: u64, id: u32) {
+    STATE.with(|s| s.stacks[hash as usize % STACK_CACHE].set((hash, id)));
 }

@@ -15,6 +15,7 @@
 
 use core::sync::atomic::Ordering;
 
+use leakscan_core::depot;
 use leakscan_core::options::MAX_STACK_DEPTH;
 use leakscan_platform::threads;
 
@@ -35,7 +36,17 @@ pub fn capture(_g: &Guard) -> u32 {
     let mut frames = [0usize; MAX_STACK_DEPTH];
     let depth = STACK_DEPTH.load(Ordering::Relaxed).min(MAX_STACK_DEPTH);
     let n = walk(&mut frames[..depth]);
-    DEPOT.intern(&frames[..n])
+    let frames = &frames[..n];
+    // A 64-bit hash match is taken as identity in the per-thread cache (a
+    // collision is ~2^-64 per pair of stacks); the shared depot compares
+    // frames in full.
+    let h = depot::hash(frames);
+    if let Some(id) = guard::cached_stack(h) {
+        return id;
+    }
+    let id = DEPOT.intern_hashed(frames, h);
+    guard::cache_stack(h, id);
+    id
 }
 
 #[inline(always)]

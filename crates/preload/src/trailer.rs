@@ -72,13 +72,3 @@ pub unsafe fn read(p: usize) -> Trailer {
         tick: (b >> 32) as u32,
     }
 }
-
-/// The requested size of a tracked block.
-///
-/// # Safety
-/// As [`read`].
-#[inline(always)]
-pub unsafe fn size_of(p: usize) -> usize {
-    // SAFETY: forwarded contract.
-    unsafe { read(p) }.size
-}
