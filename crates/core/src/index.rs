@@ -400,7 +400,7 @@ impl<B: Backing> PageMap<B> {
     /// they still name this block), so the agent may pass the allocator's
     /// usable size instead of the requested one.
     pub fn remove(&self, start: usize, size_of: impl FnOnce() -> usize) -> bool {
-        if start % GRANULE != 0 {
+        if !start.is_multiple_of(GRANULE) {
             return false;
         }
         let first_page = start & !(PAGE_SIZE - 1);
@@ -434,7 +434,7 @@ impl<B: Backing> PageMap<B> {
     /// Whether a tracked block starts exactly at `start`.
     #[inline]
     pub fn is_start(&self, start: usize) -> bool {
-        if start % GRANULE != 0 {
+        if !start.is_multiple_of(GRANULE) {
             return false;
         }
         let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {

@@ -9,7 +9,7 @@
 //! - [`sys`]: small syscalls that never allocate (write, futex, tgkill,
 //!   clocks, process_vm_readv);
 //! - [`modules`]: loaded modules via `dl_iterate_phdr`;
-//! - [`maps`]: `/proc/self/maps`;
+//! - [`maps`]: the `/proc/self/maps` parser;
 //! - [`threads`]: stacks, TLS geometry, `pthread_create`, keys, signals;
 //! - [`user`]: uid/pid for the CLI.
 

@@ -174,6 +174,20 @@ pub fn secure_execution() -> bool {
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
+/// errno values the hooks report, as glibc does.
+pub const ENOMEM: i32 = libc::ENOMEM;
+pub const EINVAL: i32 = libc::EINVAL;
+pub const EAGAIN: i32 = libc::EAGAIN;
+pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+pub const O_CLOEXEC: i32 = libc::O_CLOEXEC;
+
+/// Print `msg` on stderr and abort the process.
+pub fn abort_with(msg: &[u8]) -> ! {
+    write_all(2, msg);
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,10 +201,3 @@ mod tests {
         assert_eq!(read_self(0x10, &mut buf), 0);
     }
 }
-
-/// errno values the hooks report, as glibc does.
-pub const ENOMEM: i32 = libc::ENOMEM;
-pub const EINVAL: i32 = libc::EINVAL;
-pub const EAGAIN: i32 = libc::EAGAIN;
-pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
-pub const O_CLOEXEC: i32 = libc::O_CLOEXEC;

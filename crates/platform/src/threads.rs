@@ -179,3 +179,9 @@ pub unsafe fn saved_registers(uctx: *mut c_void, out: &mut [usize; SAVED_REGS]) 
 /// (Boehm GC's choice; its default action is never reached because the
 /// handler stays installed once set).
 pub const STOP_SIGNAL: c_int = libc::SIGPWR;
+
+/// Address of the next definition of `name` after this library
+/// (`dlsym(RTLD_NEXT)`), or 0. Allocates: call with the guard held.
+pub fn next_symbol(name: &CStr) -> usize {
+    dlsym(libc::RTLD_NEXT, name) as usize
+}

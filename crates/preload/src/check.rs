@@ -112,7 +112,10 @@ impl Drop for Scratch {
 }
 
 /// Run the exact check. Other threads are stopped for its duration.
-pub fn exact_check(g: &Guard) -> CheckResult {
+/// `caller_sp` is the stack pointer of leakscan's entry point (the exit
+/// hook): the calling thread's stack is scanned from there up, so the
+/// check's own frames are never roots (I3).
+pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
     let started = sys::monotonic_ns();
     let mut result = CheckResult {
         leaks: MapVec::new(),
@@ -128,17 +131,17 @@ pub fn exact_check(g: &Guard) -> CheckResult {
     let mut ran = false;
     modules::for_each_module(|_| {
         ran = true;
-        check_locked(g, &mut scratch, &mut result);
+        check_locked(g, caller_sp, &mut scratch, &mut result);
         false
     });
     if !ran {
-        check_locked(g, &mut scratch, &mut result);
+        check_locked(g, caller_sp, &mut scratch, &mut result);
     }
     result.duration_ns = sys::monotonic_ns() - started;
     result
 }
 
-fn check_locked(g: &Guard, scratch: &mut Scratch, result: &mut CheckResult) {
+fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut CheckResult) {
     let stop = stop::stop_others(g);
     INDEX.clear_marks(MarkSet::Reachable);
     let mut marker = Marker::new(&INDEX, block_size as SizeOf);
@@ -149,7 +152,7 @@ fn check_locked(g: &Guard, scratch: &mut Scratch, result: &mut CheckResult) {
         excluded: &mut scratch.excluded,
     };
     roots.globals();
-    roots.threads(stop);
+    roots.threads(stop, caller_sp);
     roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     // SAFETY: the world is stopped; tracked blocks stay live and mapped.
@@ -172,8 +175,13 @@ fn check_locked(g: &Guard, scratch: &mut Scratch, result: &mut CheckResult) {
     // Live = reached + leaked: no second pass over every block's trailer.
     let (reached, reached_bytes) = marker.marked();
     result.live_blocks = reached + result.leaks.len() as u64;
-    result.live_bytes =
-        reached_bytes + result.leaks.as_slice().iter().map(|l| l.size as u64).sum::<u64>();
+    result.live_bytes = reached_bytes
+        + result
+            .leaks
+            .as_slice()
+            .iter()
+            .map(|l| l.size as u64)
+            .sum::<u64>();
     result.scanned_bytes = marker.scanned_bytes();
     result.complete = complete;
     stop::resume_others(stop);
@@ -209,7 +217,7 @@ impl Roots<'_, '_> {
     }
 
     /// Every registered thread: registers, stack, static TLS and TCB.
-    fn threads(&mut self, stop: u32) {
+    fn threads(&mut self, stop: u32, caller_sp: usize) {
         let me = sys::gettid();
         let tls = threads::tls_geometry();
         for slot in &SLOTS {
@@ -223,9 +231,13 @@ impl Roots<'_, '_> {
             );
             self.excluded.push((lo, hi));
             if state == LIVE && slot.tid.load(Ordering::Relaxed) == me {
-                let sp = pt::stack_pointer();
-                // SAFETY: our own live stack, from our frame up.
-                unsafe { self.marker.scan_range(sp, hi.saturating_sub(sp)) };
+                if lo <= caller_sp && caller_sp < hi {
+                    // SAFETY: our own live stack, above our entry frame.
+                    unsafe { self.marker.scan_range(caller_sp, hi - caller_sp) };
+                } else {
+                    // Exiting from an alternate signal stack or a coroutine.
+                    self.copied(lo, hi);
+                }
             } else if state == LIVE && slot.stopped.load(Ordering::Acquire) == stop {
                 let mut regs = [0usize; pt::SAVED_REGS];
                 for (r, saved) in regs.iter_mut().zip(&slot.regs) {
@@ -311,7 +323,7 @@ impl Roots<'_, '_> {
     fn program_region(&mut self, lo: usize, hi: usize) {
         let mut cur = lo;
         while cur < hi {
-            if cur % HEAP_MAX == 0 {
+            if cur.is_multiple_of(HEAP_MAX) {
                 if let Some(len) = self.arena_heap_len(cur) {
                     cur = cur.saturating_add(len);
                     continue;

@@ -27,7 +27,12 @@
 //! blocks (I2: panic=abort, no locks, pass-through on failure); our memory
 //! is never a root (I3).
 
+// In a unit-test build the C entry points are not exported (so the test
+// harness does not interpose its own malloc), which leaves them unused.
+#![cfg_attr(test, allow(dead_code))]
+
 mod check;
+mod cxx;
 mod guard;
 mod hooks;
 mod own_heap;
@@ -101,6 +106,7 @@ extern "C" fn init() {
     }
     state::set_options(opts);
     threads::init(&g);
+    cxx::init(&g);
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);
@@ -112,12 +118,13 @@ unsafe extern "C" fn in_fork_child() {
 
 /// The exact check at `exit()` (and return from main).
 extern "C" fn at_exit() {
+    let entry_sp = leakscan_platform::threads::stack_pointer();
     let Some(g) = Guard::enter() else { return };
     let opts = options();
     if !opts.leak_check_at_exit || !ENABLED.load(Ordering::Acquire) {
         return;
     }
-    let result = check::exact_check(&g);
+    let result = check::exact_check(&g, entry_sp);
     if !result.complete {
         sys::write_all(
             2,

@@ -26,9 +26,13 @@ pub struct Trailer {
     pub tick: u32,
 }
 
+/// Where the trailer of live block `p` lives.
+///
+/// # Safety
+/// `p` is a live glibc block with at least 16 usable bytes.
 #[inline(always)]
-fn slot(p: usize) -> *mut [u64; 2] {
-    // SAFETY (of callers): p is a live glibc block with >= 16 usable bytes.
+unsafe fn slot(p: usize) -> *mut [u64; 2] {
+    // SAFETY: per the contract p is live, so its chunk header is readable.
     (p + unsafe { real::usable_size(p as *const u8) } - TRAILER) as *mut [u64; 2]
 }
 
