@@ -36,6 +36,9 @@ fixture_tests! {
     dlopen_root => "dlopen_root.c",
     many_reachable => "many_reachable.c",
     exit_status => "exit_status.c",
+    exit_while_threads_churn => "exit_while_threads_churn.c",
+    fork_in_threaded_process => "fork_in_threaded_process.c",
+    exec_fresh_image => "exec_fresh_image.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

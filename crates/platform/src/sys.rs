@@ -188,6 +188,84 @@ pub fn abort_with(msg: &[u8]) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Register for `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`; false if the
+/// kernel does not offer it (callers then use a full fence on both sides).
+pub fn membarrier_register() -> bool {
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+    // SAFETY: membarrier takes no pointers.
+    unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Make every running thread of this process execute a full memory barrier
+/// (the "heavy" side of an asymmetric fence). Requires [`membarrier_register`].
+pub fn membarrier() -> bool {
+    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    // SAFETY: membarrier takes no pointers.
+    unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Give up the CPU once (while waiting for another thread).
+pub fn yield_now() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// Parse the `SigBlk:` mask out of a /proc/<pid>/task/<tid>/status text.
+pub fn parse_sigblk(status: &[u8]) -> Option<u64> {
+    let line = status
+        .split(|&c| c == b'\n')
+        .find(|l| l.starts_with(b"SigBlk:"))?;
+    let hex = line[7..].iter().filter(|c| !c.is_ascii_whitespace());
+    hex.try_fold(0u64, |acc, &c| {
+        Some(acc << 4 | (c as char).to_digit(16)? as u64)
+    })
+}
+
+/// Whether thread `tid` of this process currently blocks `sig`. Reads
+/// /proc with raw syscalls into a stack buffer: no allocation.
+pub fn thread_blocks_signal(tid: i32, sig: i32) -> bool {
+    let mut path = *b"/proc/self/task/\0\0\0\0\0\0\0\0\0\0\0/status\0\0";
+    let mut digits = [0u8; 11];
+    let mut n = 0;
+    let mut t = tid.max(0) as u32;
+    loop {
+        digits[n] = b'0' + (t % 10) as u8;
+        n += 1;
+        t /= 10;
+        if t == 0 {
+            break;
+        }
+    }
+    let mut at = 16;
+    for k in (0..n).rev() {
+        path[at] = digits[k];
+        at += 1;
+    }
+    for &c in b"/status\0" {
+        path[at] = c;
+        at += 1;
+    }
+    // SAFETY: path is NUL-terminated within the array.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr() as *const libc::c_char,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: reading into our stack buffer.
+    let len = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if len <= 0 {
+        return false;
+    }
+    parse_sigblk(&buf[..len as usize]).is_some_and(|mask| mask & (1u64 << (sig - 1)) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +277,18 @@ mod tests {
         assert_eq!(read_self(data.as_ptr() as usize, &mut buf), 64);
         assert_eq!(buf, data);
         assert_eq!(read_self(0x10, &mut buf), 0);
+    }
+
+    #[test]
+    fn sigblk_from_real_status_text() {
+        let status = b"Name:\tpython3\nSigQ:\t0/127\nSigPnd:\t0000000000000000\nSigBlk:\t0000000020000000\nSigIgn:\t0000000001001000\n";
+        assert_eq!(parse_sigblk(status), Some(0x2000_0000));
+        assert_eq!(parse_sigblk(b"Name: x\n"), None);
+    }
+
+    #[test]
+    fn blocked_signals_of_a_live_thread() {
+        // The test harness thread blocks nothing by default.
+        assert!(!thread_blocks_signal(gettid(), libc::SIGPWR));
     }
 }

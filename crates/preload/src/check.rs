@@ -4,7 +4,9 @@
 //!
 //! 1. take the loader lock (run inside a `dl_iterate_phdr` callback) so no
 //!    module comes or goes and no stopped thread can be holding it;
-//! 2. stop every other registered thread ([`stop`]);
+//! 2. defer frees ([`quarantine`]), then stop every other registered thread
+//!    ([`stop`]); threads that cannot be stopped keep running, and blocks
+//!    they allocate meanwhile are never reported;
 //! 3. roots, graying every block a word points into:
 //!    - writable segments of every module except libleakscan itself;
 //!    - every thread: saved registers, its stack from the stack pointer up,
@@ -17,7 +19,7 @@
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left;
 //! 5. classify what stayed white into direct and indirect leaks;
-//! 6. resume the threads.
+//! 6. resume the threads, release the deferred frees.
 //!
 //! Between 2 and 6 other threads may hold glibc's malloc locks, so nothing
 //! here allocates from the heap: buffers are leakscan's own mappings
@@ -33,7 +35,8 @@ use leakscan_platform::mem::{self, MapVec, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
 use crate::guard::Guard;
-use crate::state::{INDEX, OWN_BASE};
+use crate::quarantine;
+use crate::state::{INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, GHOST, LIVE, SLOTS};
 use crate::trailer;
@@ -137,12 +140,15 @@ pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
     if !ran {
         check_locked(g, caller_sp, &mut scratch, &mut result);
     }
+    quarantine::end(false);
     result.duration_ns = sys::monotonic_ns() - started;
     result
 }
 
 fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut CheckResult) {
-    let stop = stop::stop_others(g);
+    let generation = SCAN_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1) as u16;
+    quarantine::begin();
+    let (stop, all_stopped) = stop::stop_others(g);
     INDEX.clear_marks(MarkSet::Reachable);
     let mut marker = Marker::new(&INDEX, block_size as SizeOf);
     let mut roots = Roots {
@@ -155,13 +161,20 @@ fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut
     roots.threads(stop, caller_sp);
     roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
-    // SAFETY: the world is stopped; tracked blocks stay live and mapped.
+    // SAFETY: stopped threads cannot free, and frees by the others are
+    // deferred by the quarantine: tracked blocks stay mapped.
     unsafe { marker.drain() };
+    if !all_stopped {
+        gray_new_blocks(&mut marker, generation);
+    }
     let mut recorded_all = true;
     // SAFETY: as above.
     let classified = unsafe {
         classify(&INDEX, block_size as SizeOf, |start, size, direct| {
             let t = live_trailer(start);
+            if t.generation == generation {
+                return; // allocated while we ran: never a leak
+            }
             recorded_all &= result.leaks.push(LeakRecord {
                 start,
                 size,
@@ -185,6 +198,24 @@ fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut
     result.scanned_bytes = marker.scanned_bytes();
     result.complete = complete;
     stop::resume_others(stop);
+}
+
+/// Threads that could not be stopped kept allocating: blocks allocated
+/// while the check ran count as referenced (kmemleak's rule), and so does
+/// whatever they point to (a pointer may have moved into a new block).
+///
+/// One pass: a thread that keeps allocating would otherwise keep the check
+/// going; what it allocates after the pass is still never reported.
+fn gray_new_blocks(marker: &mut Marker<'_, MmapBacking, SizeOf>, generation: u16) {
+    INDEX.for_each_block(|start| {
+        if !INDEX.is_marked(MarkSet::Reachable, start)
+            && live_trailer(start).generation == generation
+        {
+            marker.gray_block(start);
+        }
+    });
+    // SAFETY: as in check_locked.
+    unsafe { marker.drain() };
 }
 
 struct Roots<'a, 'm> {
@@ -271,11 +302,16 @@ impl Roots<'_, '_> {
         }
     }
 
-    /// leakscan's own mappings are never roots (I3).
+    /// leakscan's own mappings are never roots (I3), nor are blocks freed
+    /// during the check and held back by the quarantine (stale contents).
     fn own_memory(&mut self) {
         let excluded = &mut *self.excluded;
         mem::for_each_own_mapping(|start, len| {
             excluded.push((start, start + len));
+        });
+        quarantine::for_each_deferred(|p| {
+            // SAFETY: deferred blocks are live glibc blocks until released.
+            excluded.push(unsafe { real::chunk_extent(p as *const u8) });
         });
     }
 

@@ -117,3 +117,26 @@ pub fn cached_stack(hash: u64) -> Option<u32> {
 pub fn cache_stack(hash: u64, id: u32) {
     STATE.with(|s| s.stacks[hash as usize % STACK_CACHE].set((hash, id)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_is_not_reentrant_and_releases_on_drop() {
+        let g = Guard::enter().expect("first entry");
+        assert!(Guard::enter().is_none(), "nested entry must pass through");
+        drop(g);
+        assert!(Guard::enter().is_some());
+    }
+
+    #[test]
+    fn stack_cache_maps_hashes_to_ids() {
+        assert_eq!(cached_stack(0xabc), None);
+        cache_stack(0xabc, 9);
+        assert_eq!(cached_stack(0xabc), Some(9));
+        // Same slot, different hash: the newer entry replaces the older.
+        cache_stack(0xabc + STACK_CACHE as u64, 4);
+        assert_eq!(cached_stack(0xabc), None);
+    }
+}

@@ -12,13 +12,15 @@
 //! glibc would (ENOMEM, EINVAL) and left alone by `free`.
 
 use core::ffi::{c_int, c_void};
+use core::sync::atomic::Ordering;
 
 use leakscan_core::index::InsertError;
 use leakscan_platform::{real, sys};
 
 use crate::guard::Guard;
+use crate::quarantine;
 use crate::stack;
-use crate::state::{disable_tracking, INDEX};
+use crate::state::{disable_tracking, INDEX, SCAN_GEN};
 use crate::trailer::{self, TRAILER};
 
 const PAGE: usize = 4096;
@@ -32,8 +34,9 @@ fn record(g: &Guard, p: *mut u8, size: usize) -> *mut c_void {
     }
     let stack = stack::capture(g);
     let tick = sys::coarse_ms() as u32;
+    let generation = SCAN_GEN.load(Ordering::Relaxed) as u16;
     // SAFETY: p is a fresh glibc block of at least size + TRAILER bytes.
-    unsafe { trailer::write(p as usize, size, stack, tick) };
+    unsafe { trailer::write(p as usize, size, stack, tick, generation) };
     match INDEX.insert(p as usize, size) {
         Ok(()) | Err(InsertError::OutOfRange) => {}
         Err(InsertError::NoMemory) => disable_tracking("out of memory for the block index"),
@@ -74,9 +77,21 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    untrack(p);
-    // SAFETY: p is a live block from glibc (tracked or foreign).
-    unsafe { real::free(p as *mut u8) }
+    if !untrack(p) {
+        // Foreign: the scanner never reads it in place.
+        // SAFETY: p is a live glibc block.
+        return unsafe { real::free(p as *mut u8) };
+    }
+    quarantine::free_section(|defer| {
+        // SAFETY: p was a tracked block, now unlinked and ours to release.
+        unsafe {
+            if defer {
+                quarantine::defer(p as *mut u8);
+            } else {
+                real::free(p as *mut u8);
+            }
+        }
+    })
 }
 
 /// # Safety
@@ -125,14 +140,30 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         // SAFETY: p is a live glibc block; the result stays untracked.
         return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
     };
-    // SAFETY: p is a live glibc block.
-    let q = unsafe { real::realloc(p as *mut u8, total) };
-    if q.is_null() {
-        // The old block is untouched and still ours: track it again.
-        let _ = INDEX.insert(p as usize, old.size);
-        return core::ptr::null_mut();
-    }
-    record(&g, q, size)
+    quarantine::free_section(|defer| {
+        let q = if defer {
+            // A scan may be reading the old block: move, and defer its free.
+            let q = real::malloc(total);
+            if !q.is_null() {
+                // SAFETY: both blocks are live, distinct, and at least this
+                // long; the old one is then ours to defer.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(p as *const u8, q, old.size.min(size));
+                    quarantine::defer(p as *mut u8);
+                }
+            }
+            q
+        } else {
+            // SAFETY: p is a live glibc block.
+            unsafe { real::realloc(p as *mut u8, total) }
+        };
+        if q.is_null() {
+            // The old block is untouched and still ours: track it again.
+            let _ = INDEX.insert(p as usize, old.size);
+            return core::ptr::null_mut();
+        }
+        record(&g, q, size)
+    })
 }
 
 /// # Safety

@@ -36,6 +36,7 @@ mod cxx;
 mod guard;
 mod hooks;
 mod own_heap;
+mod quarantine;
 mod report;
 mod stack;
 mod state;
@@ -107,6 +108,7 @@ extern "C" fn init() {
     state::set_options(opts);
     threads::init(&g);
     cxx::init(&g);
+    quarantine::init();
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);

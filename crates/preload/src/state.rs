@@ -17,6 +17,9 @@ pub static DEPOT: StackDepot<MmapBacking> = StackDepot::new();
 /// Tracking switch: hooks pass through when false. Frees of tracked blocks
 /// are still recorded, so the index never holds freed blocks.
 pub static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Number of the scan in progress or last run; trailers record it (mod
+/// 2^16) so a scan can tell the blocks allocated while it ran.
+pub static SCAN_GEN: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 /// Frames recorded per allocation (LEAKSCAN_OPTIONS stack_depth).
 pub static STACK_DEPTH: AtomicUsize = AtomicUsize::new(16);
 /// Address range of the library's own code, to drop its frames from stacks.

@@ -11,8 +11,10 @@
 //! 2. each thread's handler copies its interrupted registers and stack
 //!    pointer into its slot, acknowledges, and sleeps on a futex until
 //!    `RELEASE` reaches its stop number;
-//! 3. the checker waits for all acknowledgements (bounded: a thread that
-//!    blocks the signal never answers; it is then scanned whole, unstopped);
+//! 3. the checker waits for all acknowledgements. A thread that blocks the
+//!    signal (read from /proc/self/task/TID/status) is not signalled: it is
+//!    scanned whole, unstopped, and its frees meanwhile are deferred by the
+//!    quarantine. The wait is bounded for threads stuck in the kernel;
 //! 4. after marking, the checker releases everyone.
 //!
 //! Everything in the handler is async-signal-safe: atomics, futex, a plain
@@ -69,9 +71,10 @@ extern "C" fn on_stop_signal(_sig: c_int, _info: *mut c_void, uctx: *mut c_void)
     sys::set_errno(saved_errno);
 }
 
-/// Stop every other registered live thread. Returns the stop number; a
-/// slot whose `stopped` equals it is stopped with its registers saved.
-pub fn stop_others(_g: &Guard) -> u32 {
+/// Stop every other registered live thread. Returns the stop number (a
+/// slot whose `stopped` equals it is stopped with its registers saved) and
+/// whether every other registered thread did stop.
+pub fn stop_others(_g: &Guard) -> (u32, bool) {
     if !HANDLER_INSTALLED.swap(true, Ordering::AcqRel) {
         pt::install_handler(pt::STOP_SIGNAL, on_stop_signal);
     }
@@ -80,12 +83,22 @@ pub fn stop_others(_g: &Guard) -> u32 {
     STOP.store(stop, Ordering::Release);
     let me = sys::gettid();
     let mut sent = 0u32;
+    let mut others = 0u32;
     for slot in &SLOTS {
         if slot.state.load(Ordering::Acquire) != LIVE {
             continue;
         }
         let tid = slot.tid.load(Ordering::Relaxed);
-        if tid != me && tid != 0 && sys::tgkill(tid, pt::STOP_SIGNAL) {
+        if tid != me {
+            others += 1;
+        }
+        // A thread that blocks the signal would never answer: leave it
+        // running (the quarantine keeps its frees from unmapping blocks).
+        if tid != me
+            && tid != 0
+            && !sys::thread_blocks_signal(tid, pt::STOP_SIGNAL)
+            && sys::tgkill(tid, pt::STOP_SIGNAL)
+        {
             sent += 1;
         }
     }
@@ -97,7 +110,7 @@ pub fn stop_others(_g: &Guard) -> u32 {
         }
         sys::futex_wait(&ACKS, acks, 50);
     }
-    stop
+    (stop, ACKS.load(Ordering::Acquire) >= others)
 }
 
 /// Let every thread stopped by `stop` run again.

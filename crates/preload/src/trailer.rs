@@ -4,10 +4,13 @@
 //! `block + usable_size - 16`:
 //!
 //! ```text
-//! u64  requested size (low 48 bits) | flags (high 16 bits)
+//! u64  requested size (low 48 bits) | scan generation (high 16 bits)
 //! u32  allocation stack id (0 = unknown)
 //! u32  allocation time, CLOCK_MONOTONIC_COARSE ms, truncated
 //! ```
+//!
+//! The scan generation (`state::SCAN_GEN`, modulo 2^16) tells the scanner
+//! which blocks were allocated while it ran: those are never reported.
 //!
 //! The user pointer and its alignment are exactly glibc's, so a pointer the
 //! index does not know can always be handed to glibc untouched. The trailer
@@ -24,6 +27,7 @@ pub struct Trailer {
     pub size: usize,
     pub stack: u32,
     pub tick: u32,
+    pub generation: u16,
 }
 
 /// Where the trailer of live block `p` lives.
@@ -41,11 +45,11 @@ unsafe fn slot(p: usize) -> *mut [u64; 2] {
 /// # Safety
 /// `p` is a live glibc block with at least `size + 16` usable bytes.
 #[inline(always)]
-pub unsafe fn write(p: usize, size: usize, stack: u32, tick: u32) {
+pub unsafe fn write(p: usize, size: usize, stack: u32, tick: u32, generation: u16) {
     // SAFETY: per the contract the trailer lies inside the block.
     unsafe {
         slot(p).write_unaligned([
-            size as u64 & SIZE_MASK,
+            size as u64 & SIZE_MASK | u64::from(generation) << 48,
             u64::from(stack) | (u64::from(tick) << 32),
         ])
     };
@@ -66,6 +70,7 @@ pub unsafe fn read(p: usize) -> Trailer {
             size: usable,
             stack: 0,
             tick: 0,
+            generation: 0,
         };
     }
     // SAFETY: the trailer lies inside the live block.
@@ -74,5 +79,49 @@ pub unsafe fn read(p: usize) -> Trailer {
         size: ((a & SIZE_MASK) as usize).min(usable - TRAILER),
         stack: b as u32,
         tick: (b >> 32) as u32,
+        generation: (a >> 48) as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_on_real_glibc_blocks() {
+        for size in [0usize, 1, 24, 100, 5000, 300_000] {
+            let p = real::malloc(size + TRAILER) as usize;
+            // SAFETY: p is a fresh glibc block of size + TRAILER bytes.
+            unsafe { write(p, size, 77, 123_456, 9) };
+            // SAFETY: p is live.
+            let t = unsafe { read(p) };
+            assert_eq!(
+                (t.size, t.stack, t.tick, t.generation),
+                (size, 77, 123_456, 9)
+            );
+            // SAFETY: p is live and not used again.
+            unsafe { real::free(p as *mut u8) };
+        }
+    }
+
+    #[test]
+    fn an_overrun_trailer_cannot_claim_more_than_the_chunk() {
+        let p = real::malloc(40 + TRAILER) as usize;
+        // SAFETY: p is a fresh block with room for the trailer.
+        unsafe { write(p, 40, 1, 1, 1) };
+        // The program scribbles over the whole usable area.
+        // SAFETY: writing inside the block's usable size.
+        let usable = unsafe { real::usable_size(p as *const u8) };
+        // SAFETY: as above.
+        unsafe { (p as *mut u8).write_bytes(0xff, usable) };
+        // SAFETY: p is live.
+        let t = unsafe { read(p) };
+        assert!(
+            t.size <= usable - TRAILER,
+            "size {} usable {usable}",
+            t.size
+        );
+        // SAFETY: p is live and not used again.
+        unsafe { real::free(p as *mut u8) };
     }
 }
