@@ -215,7 +215,7 @@ pub fn parse_sigblk(status: &[u8]) -> Option<u64> {
     let line = status
         .split(|&c| c == b'\n')
         .find(|l| l.starts_with(b"SigBlk:"))?;
-    let hex = line[7..].iter().filter(|c| !c.is_ascii_whitespace());
+    let mut hex = line[7..].iter().filter(|c| !c.is_ascii_whitespace());
     hex.try_fold(0u64, |acc, &c| {
         Some(acc << 4 | (c as char).to_digit(16)? as u64)
     })
