@@ -54,6 +54,11 @@ pub fn leakscan() -> Command {
     cmd
 }
 
+/// The agent library next to the `leakscan` binary.
+pub fn agent_library() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_leakscan")).with_file_name("libleakscan.so")
+}
+
 /// `program` run directly, for comparison with a run under leakscan.
 pub fn bare(program: &Path) -> Command {
     let mut cmd = Command::new(program);

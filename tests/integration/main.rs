@@ -4,13 +4,15 @@
 //! leakscan must report for it (grammar in `harness.rs`). A test compiles
 //! it into `target/fixture-build/<test>/`, runs it bare and under
 //! `leakscan run`, and checks the JSON report against the header. The CLI
-//! tests check exit statuses and messages; the golden test pins the JSON
+//! tests check exit statuses and messages; the agent tests use the library
+//! alone (LD_PRELOAD, LEAKSCAN_OPTIONS); the golden test pins the JSON
 //! shape; the program tests run CPython and sqlite3.
 //!
 //! The tests need the agent next to the `leakscan` binary: build the
 //! workspace with the profile the tests use (`cargo build --release
 //! --workspace` for `cargo test --release`).
 
+mod agent;
 mod cli;
 mod fixtures;
 mod golden;

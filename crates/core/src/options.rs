@@ -26,6 +26,9 @@ pub struct Options {
     pub verbosity: u32,
     /// Master switch: `enabled=0` makes the library pass everything through.
     pub enabled: bool,
+    /// Resolve function/file/line in the agent. Off: frames keep module,
+    /// offset and build-id only (no debug info is read at exit).
+    pub symbolize: bool,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             max_objects: 16,
             verbosity: 1,
             enabled: true,
+            symbolize: true,
         }
     }
 }
@@ -144,6 +148,7 @@ impl Options {
                 self.verbosity = n as u32;
             }
             "enabled" => self.enabled = boolean(value)?,
+            "symbolize" => self.symbolize = boolean(value)?,
             _ => return Err("unknown option".into()),
         }
         Ok(())
@@ -181,9 +186,10 @@ mod tests {
 
     #[test]
     fn lsan_names_are_accepted() {
-        let (o, e) = Options::parse("detect_leaks=0:malloc_context_size=4");
+        let (o, e) = Options::parse("detect_leaks=0:malloc_context_size=4:symbolize=0");
         assert!(e.is_empty());
         assert!(!o.leak_check_at_exit);
+        assert!(!o.symbolize);
         assert_eq!(o.stack_depth, 4);
     }
 }

@@ -44,8 +44,11 @@ thread_local! {
     };
 }
 
-/// Proof that the calling thread is inside leakscan's own work.
+/// Proof that the calling thread is inside leakscan's own work. It also
+/// carries the thread's state, so a hook pays for one TLS lookup (a
+/// `__tls_get_addr` call in a shared library), not one per field.
 pub struct Guard {
+    state: *const ThreadState,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -69,53 +72,60 @@ impl Guard {
             } else {
                 s.busy.set(true);
                 Some(Guard {
+                    state: s,
                     _not_send: PhantomData,
                 })
             }
         })
+    }
+
+    #[inline(always)]
+    fn state(&self) -> &ThreadState {
+        // SAFETY: the guard lives on this thread's stack (it is !Send), so
+        // the thread — and its TLS block — outlive it.
+        unsafe { &*self.state }
+    }
+
+    /// This thread's stack bounds, 0/0 if not registered.
+    #[inline(always)]
+    pub fn stack_bounds(&self) -> (usize, usize) {
+        let s = self.state();
+        (s.stack_lo.get(), s.stack_hi.get())
+    }
+
+    /// Record this thread's stack bounds and registry slot.
+    pub fn set_thread(&self, bounds: (usize, usize), slot: usize) {
+        let s = self.state();
+        s.stack_lo.set(bounds.0);
+        s.stack_hi.set(bounds.1);
+        s.slot.set(slot + 1);
+    }
+
+    /// The depot id cached for a stack hash, if any.
+    #[inline(always)]
+    pub fn cached_stack(&self, hash: u64) -> Option<u32> {
+        let (h, id) = self.state().stacks[hash as usize % STACK_CACHE].get();
+        (h == hash && id != 0).then_some(id)
+    }
+
+    /// Remember the depot id of a stack hash.
+    #[inline(always)]
+    pub fn cache_stack(&self, hash: u64, id: u32) {
+        self.state().stacks[hash as usize % STACK_CACHE].set((hash, id));
     }
 }
 
 impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
-        STATE.with(|s| s.busy.set(false));
+        self.state().busy.set(false);
     }
 }
 
-/// This thread's stack bounds, if registered.
-#[inline(always)]
-pub fn stack_bounds() -> (usize, usize) {
-    STATE.with(|s| (s.stack_lo.get(), s.stack_hi.get()))
-}
-
-/// Record this thread's stack bounds and registry slot.
-pub fn set_thread(_g: &Guard, bounds: (usize, usize), slot: usize) {
-    STATE.with(|s| {
-        s.stack_lo.set(bounds.0);
-        s.stack_hi.set(bounds.1);
-        s.slot.set(slot + 1);
-    });
-}
-
 /// This thread's registry slot (async-signal-safe: a plain TLS read).
+#[inline(always)]
 pub fn thread_slot() -> Option<usize> {
     STATE.with(|s| s.slot.get().checked_sub(1))
-}
-
-/// The depot id cached for a stack hash, if any.
-#[inline(always)]
-pub fn cached_stack(hash: u64) -> Option<u32> {
-    STATE.with(|s| {
-        let (h, id) = s.stacks[hash as usize % STACK_CACHE].get();
-        (h == hash && id != 0).then_some(id)
-    })
-}
-
-/// Remember the depot id of a stack hash.
-#[inline(always)]
-pub fn cache_stack(hash: u64, id: u32) {
-    STATE.with(|s| s.stacks[hash as usize % STACK_CACHE].set((hash, id)));
 }
 
 #[cfg(test)]
@@ -132,11 +142,12 @@ mod tests {
 
     #[test]
     fn stack_cache_maps_hashes_to_ids() {
-        assert_eq!(cached_stack(0xabc), None);
-        cache_stack(0xabc, 9);
-        assert_eq!(cached_stack(0xabc), Some(9));
+        let g = Guard::enter().unwrap();
+        assert_eq!(g.cached_stack(0xabc), None);
+        g.cache_stack(0xabc, 9);
+        assert_eq!(g.cached_stack(0xabc), Some(9));
         // Same slot, different hash: the newer entry replaces the older.
-        cache_stack(0xabc + STACK_CACHE as u64, 4);
-        assert_eq!(cached_stack(0xabc), None);
+        g.cache_stack(0xabc + STACK_CACHE as u64, 4);
+        assert_eq!(g.cached_stack(0xabc), None);
     }
 }

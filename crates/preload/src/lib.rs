@@ -134,7 +134,7 @@ extern "C" fn at_exit() {
         );
         return;
     }
-    let report = report::build(&result, Trigger::Exit, 1, opts.max_objects);
+    let report = report::build(&result, Trigger::Exit, 1, opts.max_objects, opts.symbolize);
     let dir = writer::report_dir(opts.report_dir.as_deref());
     let written = writer::write_report(&dir, report.process.pid, &report.to_json());
     let leaked = report.summary.leaked_blocks;

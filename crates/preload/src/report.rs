@@ -48,7 +48,7 @@ fn snapshot_modules() -> Vec<ModuleInfo> {
     out
 }
 
-fn describe_frame(ip: usize, modules: &[ModuleInfo]) -> Vec<Frame> {
+fn describe_frame(ip: usize, modules: &[ModuleInfo], symbolize: bool) -> Vec<Frame> {
     let module = modules
         .iter()
         .find(|m| m.ranges.iter().any(|&(lo, hi)| lo <= ip && ip < hi));
@@ -63,6 +63,9 @@ fn describe_frame(ip: usize, modules: &[ModuleInfo]) -> Vec<Frame> {
         inlined: false,
     };
     let mut frames = Vec::new();
+    if !symbolize {
+        return vec![base_frame];
+    }
     // Return addresses point after the call; look up the call itself.
     backtrace::resolve((ip - 1) as *mut core::ffi::c_void, |sym| {
         let mut f = base_frame.clone();
@@ -102,7 +105,13 @@ fn process() -> Process {
 }
 
 /// Build the report of one check.
-pub fn build(result: &CheckResult, trigger: Trigger, number: u64, max_objects: usize) -> Report {
+pub fn build(
+    result: &CheckResult,
+    trigger: Trigger,
+    number: u64,
+    max_objects: usize,
+    symbolize: bool,
+) -> Report {
     let now = sys::coarse_ms() as u32;
     let mut groups: HashMap<(bool, u32), Vec<LeakRecord>> = HashMap::new();
     for leak in result.leaks.as_slice() {
@@ -140,7 +149,7 @@ pub fn build(result: &CheckResult, trigger: Trigger, number: u64, max_objects: u
                 stack: DEPOT
                     .frames(stack)
                     .into_iter()
-                    .flat_map(|ip| describe_frame(ip, &modules))
+                    .flat_map(|ip| describe_frame(ip, &modules, symbolize))
                     .collect(),
                 pid: None,
             }

@@ -19,7 +19,7 @@ use leakscan_core::depot;
 use leakscan_core::options::MAX_STACK_DEPTH;
 use leakscan_platform::threads;
 
-use crate::guard::{self, Guard};
+use crate::guard::Guard;
 use crate::state::{DEPOT, OWN_TEXT, STACK_DEPTH};
 
 /// Stacks of unregistered threads are walked only through our own frames;
@@ -32,28 +32,27 @@ const MAIN_STACK_MAX: usize = 64 << 20;
 
 /// Capture and intern the current allocation stack; 0 if none.
 #[inline(always)]
-pub fn capture(_g: &Guard) -> u32 {
+pub fn capture(g: &Guard) -> u32 {
     let mut frames = [0usize; MAX_STACK_DEPTH];
     let depth = STACK_DEPTH.load(Ordering::Relaxed).min(MAX_STACK_DEPTH);
-    let n = walk(&mut frames[..depth]);
+    let n = walk(g.stack_bounds(), &mut frames[..depth]);
     let frames = &frames[..n];
     // A 64-bit hash match is taken as identity in the per-thread cache (a
     // collision is ~2^-64 per pair of stacks); the shared depot compares
     // frames in full.
     let h = depot::hash(frames);
-    if let Some(id) = guard::cached_stack(h) {
+    if let Some(id) = g.cached_stack(h) {
         return id;
     }
     let id = DEPOT.intern_hashed(frames, h);
-    guard::cache_stack(h, id);
+    g.cache_stack(h, id);
     id
 }
 
 #[inline(always)]
-fn walk(out: &mut [usize]) -> usize {
+fn walk((lo, hi): (usize, usize), out: &mut [usize]) -> usize {
     let sp = threads::stack_pointer();
     let mut fp = threads::frame_pointer();
-    let (lo, hi) = guard::stack_bounds();
     let (hi, known) = if lo <= sp && sp < hi {
         (hi, true)
     } else {

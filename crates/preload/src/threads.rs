@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use leakscan_platform::threads::{self as pt, PthreadCreate, StartRoutine, SAVED_REGS};
 use leakscan_platform::{real, sys};
 
-use crate::guard::{self, Guard};
+use crate::guard::Guard;
 
 pub const MAX_THREADS: usize = 4096;
 const MAX_DEAD_STACKS: usize = 1024;
@@ -140,7 +140,7 @@ pub fn register_current(g: &Guard) {
             slot.stopped.store(0, Ordering::Relaxed);
             slot.free_seq.store(0, Ordering::Relaxed);
             slot.state.store(LIVE, Ordering::Release);
-            guard::set_thread(g, bounds, i);
+            g.set_thread(bounds, i);
             let key = EXIT_KEY.load(Ordering::Acquire);
             if key != u32::MAX {
                 pt::key_set(key, i + 1);
