@@ -40,7 +40,7 @@ use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize, Orderin
 use leakscan_platform::{real, sys};
 
 use crate::guard;
-use crate::threads::{LIVE, SLOTS};
+use crate::threads::{Slot, LIVE, SLOTS};
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Head of the list of deferred blocks (0 = empty).
@@ -55,36 +55,37 @@ pub fn init() {
     MEMBARRIER.store(sys::membarrier_register(), Ordering::Release);
 }
 
+/// Step this thread's free-section counter: odd on entry, even on exit.
+/// Only the owning thread writes its counter, so no read-modify-write;
+/// threads without a slot share one counter (entry +1, exit −1).
+#[inline(always)]
+fn step(slot: Option<&Slot>, entering: bool, order: Ordering) {
+    match slot {
+        Some(s) => s
+            .free_seq
+            .store(s.free_seq.load(Ordering::Relaxed).wrapping_add(1), order),
+        None if entering => {
+            UNREGISTERED_IN_FREE.fetch_add(1, Ordering::SeqCst);
+        }
+        None => {
+            UNREGISTERED_IN_FREE.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
 /// Run `f(defer)` as a free section: `defer` says whether blocks freed in it
 /// must go to [`defer`] instead of glibc.
 #[inline(always)]
 pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
     let slot = guard::thread_slot().and_then(|i| SLOTS.get(i));
-    match slot {
-        // Only this thread writes its own counter: no read-modify-write.
-        Some(s) => s.free_seq.store(
-            s.free_seq.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        ),
-        None => {
-            UNREGISTERED_IN_FREE.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    step(slot, true, Ordering::Relaxed);
     if MEMBARRIER.load(Ordering::Relaxed) {
         compiler_fence(Ordering::SeqCst);
     } else {
         fence(Ordering::SeqCst);
     }
     let result = f(ACTIVE.load(Ordering::Relaxed));
-    match slot {
-        Some(s) => s.free_seq.store(
-            s.free_seq.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Release,
-        ),
-        None => {
-            UNREGISTERED_IN_FREE.fetch_sub(1, Ordering::Release);
-        }
-    }
+    step(slot, false, Ordering::Release);
     result
 }
 
