@@ -39,6 +39,7 @@ fixture_tests! {
     exit_while_threads_churn => "exit_while_threads_churn.c",
     fork_in_threaded_process => "fork_in_threaded_process.c",
     exec_fresh_image => "exec_fresh_image.c",
+    mapped_arena_root => "mapped_arena_root.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

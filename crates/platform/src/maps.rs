@@ -23,6 +23,17 @@ impl Mapping<'_> {
     pub fn is_anonymous(&self) -> bool {
         self.name.is_empty() || self.name.starts_with(b"[anon:")
     }
+
+    /// Memory a program uses like anonymous memory although it has a name:
+    /// anonymous mappings, `/dev/zero` mappings (the old way to get zeroed
+    /// memory), memfd and System V shared memory. Files on disk are not.
+    pub fn is_anonymous_like(&self) -> bool {
+        self.is_anonymous()
+            || self.name.starts_with(b"/dev/zero")
+            || self.name.starts_with(b"/memfd:")
+            || self.name.starts_with(b"/SYSV")
+            || self.name == b"[anon_shmem]"
+    }
 }
 
 fn hex(s: &[u8]) -> Option<usize> {
@@ -117,6 +128,8 @@ mod tests {
 7f3a2c021000-7f3a30000000 ---p 00000000 00:00 0 
 7f3a31e00000-7f3a31e28000 r-xp 00028000 fe:01 1050711                    /usr/lib/x86_64-linux-gnu/libc.so.6
 7f3a32000000-7f3a32100000 rw-p 00000000 00:00 0                          [anon:arena]
+7f3a32200000-7f3a32300000 rw-p 00000000 00:01 1033                       /dev/zero (deleted)
+7f3a32300000-7f3a32400000 rw-s 00000000 00:01 1034                       /memfd:arena (deleted)
 7ffd4a3f0000-7ffd4a411000 rw-p 00000000 00:00 0                          [stack]
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
 ";
@@ -124,7 +137,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     #[test]
     fn parses_real_lines() {
         let all: Vec<_> = mappings(SAMPLE).collect();
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 10);
         assert_eq!(all[1].name, b"[heap]");
         assert!(all[1].writable && !all[1].is_anonymous());
         assert_eq!(all[2].start, 0x7f3a2c000000);
@@ -133,7 +146,14 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert!(all[4].executable);
         assert_eq!(all[4].name, b"/usr/lib/x86_64-linux-gnu/libc.so.6");
         assert!(all[5].is_anonymous());
-        assert_eq!(all[7].end, 0xffffffffff601000);
+        assert!(all[6].is_anonymous_like() && !all[6].is_anonymous());
+        assert!(all[7].is_anonymous_like() && all[7].shared);
+        assert!(
+            !all[8].is_anonymous_like(),
+            "the main stack is scanned per thread"
+        );
+        assert!(!all[4].is_anonymous_like());
+        assert_eq!(all[9].end, 0xffffffffff601000);
     }
 
     #[test]

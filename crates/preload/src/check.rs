@@ -330,7 +330,7 @@ impl Roots<'_, '_> {
         // Copy the exclusions' location out so `self` can be borrowed mutably.
         let (ex_ptr, ex_len) = (excluded.as_ptr(), excluded.len());
         for m in maps::mappings(&text[..n]) {
-            if !(m.readable && m.writable && m.is_anonymous()) {
+            if !(m.readable && m.writable && m.is_anonymous_like()) {
                 continue;
             }
             // SAFETY: the exclusion list is not modified during this loop.
