@@ -39,6 +39,21 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::backing::Backing;
 use crate::index::{Bounds, MarkSet, PageMap};
 
+/// Gray blocks in flight between prefetch and scan.
+const PREFETCH_RING: usize = 16;
+
+/// Hint the CPU to load the cache line at `addr` (no fault if unmapped).
+#[inline(always)]
+fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// Values below this are never pointers (small integers, flags); as in
 /// LeakSanitizer's `MaybeUserPointer`.
 const MIN_POINTER: usize = 1 << 14;
@@ -285,7 +300,29 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
     /// Every tracked block must stay readable while this runs (other threads
     /// stopped, or frees deferred).
     pub unsafe fn drain(&mut self) {
-        while let Some((start, size)) = self.gray.pop() {
+        // Prefetch on gray (Boehm, ISMM 2000): a popped block waits in a
+        // small ring while its first cache lines load, so the scan of one
+        // block overlaps the memory latency of the next few.
+        let mut ring = [(0usize, 0usize); PREFETCH_RING];
+        let (mut head, mut queued) = (0, 0);
+        loop {
+            if queued < PREFETCH_RING {
+                if let Some((start, size)) = self.gray.pop() {
+                    prefetch(start);
+                    if size > 64 {
+                        prefetch(start + 64);
+                    }
+                    ring[(head + queued) % PREFETCH_RING] = (start, size);
+                    queued += 1;
+                    continue;
+                }
+            }
+            if queued == 0 {
+                break;
+            }
+            let (start, size) = ring[head];
+            head = (head + 1) % PREFETCH_RING;
+            queued -= 1;
             self.current = (start, size);
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
