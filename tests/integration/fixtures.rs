@@ -40,6 +40,8 @@ fixture_tests! {
     fork_in_threaded_process => "fork_in_threaded_process.c",
     exec_fresh_image => "exec_fresh_image.c",
     mapped_arena_root => "mapped_arena_root.c",
+    garbage_frame_pointers => "garbage_frame_pointers.c",
+    dlopen_tls_root => "dlopen_tls_root.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).
