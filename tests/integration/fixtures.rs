@@ -42,6 +42,7 @@ fixture_tests! {
     mapped_arena_root => "mapped_arena_root.c",
     garbage_frame_pointers => "garbage_frame_pointers.c",
     dlopen_tls_root => "dlopen_tls_root.c",
+    exit_from_signal_handler => "exit_from_signal_handler.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

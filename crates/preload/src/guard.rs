@@ -49,6 +49,8 @@ thread_local! {
 /// `__tls_get_addr` call in a shared library), not one per field.
 pub struct Guard {
     state: *const ThreadState,
+    /// The busy flag to restore on drop (true for a nested entry).
+    was_busy: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -73,8 +75,24 @@ impl Guard {
                 s.busy.set(true);
                 Some(Guard {
                     state: s,
+                    was_busy: false,
                     _not_send: PhantomData,
                 })
+            }
+        })
+    }
+
+    /// Enter even if this thread is already inside leakscan: for the exit
+    /// check when `exit()` runs from a signal handler that interrupted one
+    /// of our hooks. The index and the depot are lock-free, so the
+    /// interrupted hook holds nothing the check needs.
+    pub fn enter_reentrant() -> Guard {
+        STATE.with(|s| {
+            let was_busy = s.busy.replace(true);
+            Guard {
+                state: s,
+                was_busy,
+                _not_send: PhantomData,
             }
         })
     }
@@ -118,7 +136,7 @@ impl Guard {
 impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
-        self.state().busy.set(false);
+        self.state().busy.set(self.was_busy);
     }
 }
 
@@ -137,6 +155,15 @@ mod tests {
         let g = Guard::enter().expect("first entry");
         assert!(Guard::enter().is_none(), "nested entry must pass through");
         drop(g);
+        assert!(Guard::enter().is_some());
+    }
+
+    #[test]
+    fn reentrant_entry_restores_the_outer_state() {
+        let outer = Guard::enter().unwrap();
+        drop(Guard::enter_reentrant());
+        assert!(Guard::enter().is_none(), "still inside the outer guard");
+        drop(outer);
         assert!(Guard::enter().is_some());
     }
 

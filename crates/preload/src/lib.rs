@@ -121,7 +121,7 @@ unsafe extern "C" fn in_fork_child() {
 /// The exact check at `exit()` (and return from main).
 extern "C" fn at_exit() {
     let entry_sp = leakscan_platform::threads::stack_pointer();
-    let Some(g) = Guard::enter() else { return };
+    let g = Guard::enter_reentrant();
     let opts = options();
     if !opts.leak_check_at_exit || !ENABLED.load(Ordering::Acquire) {
         return;

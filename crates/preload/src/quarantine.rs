@@ -106,6 +106,11 @@ pub unsafe fn defer(p: *mut u8) {
     }
 }
 
+/// How long `begin` waits for frees that missed the switch. A thread stopped
+/// by a debugger inside `free` must not hang the program forever; past this
+/// the scan goes ahead (such a free could then still release a block).
+const GRACE_TIMEOUT_NS: u64 = 2_000_000_000;
+
 /// Start deferring frees, and wait until no free that missed the switch is
 /// still running. Call before reading any block in place.
 pub fn begin() {
@@ -113,20 +118,25 @@ pub fn begin() {
     if !(MEMBARRIER.load(Ordering::Relaxed) && sys::membarrier()) {
         fence(Ordering::SeqCst);
     }
-    for slot in &SLOTS {
-        if slot.state.load(Ordering::Acquire) != LIVE {
+    let deadline = sys::monotonic_ns() + GRACE_TIMEOUT_NS;
+    let waiting = |still: &dyn Fn() -> bool| {
+        while still() && sys::monotonic_ns() < deadline {
+            sys::yield_now();
+        }
+    };
+    // Our own thread may be inside a free section itself (exit() called
+    // from a signal handler that interrupted free): never wait for it.
+    let me = guard::thread_slot();
+    for (i, slot) in SLOTS.iter().enumerate() {
+        if Some(i) == me || slot.state.load(Ordering::Acquire) != LIVE {
             continue;
         }
         let seq = slot.free_seq.load(Ordering::Acquire);
         if seq % 2 == 1 {
-            while slot.free_seq.load(Ordering::Acquire) == seq {
-                sys::yield_now();
-            }
+            waiting(&|| slot.free_seq.load(Ordering::Acquire) == seq);
         }
     }
-    while UNREGISTERED_IN_FREE.load(Ordering::Acquire) != 0 {
-        sys::yield_now();
-    }
+    waiting(&|| UNREGISTERED_IN_FREE.load(Ordering::Acquire) != 0);
 }
 
 /// Call `f(p)` for every block deferred so far. Blocks are only removed by
