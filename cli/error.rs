@@ -40,6 +40,8 @@ pub enum Error {
     UnquotablePath(PathBuf),
     Signals(io::Error),
     ProgramNotFound(OsString),
+    /// A statically linked program: LD_PRELOAD can never reach it.
+    StaticProgram(OsString),
     Spawn {
         program: OsString,
         source: io::Error,
@@ -108,6 +110,11 @@ impl fmt::Display for Error {
             Error::ProgramNotFound(program) => {
                 write!(f, "{}: command not found", program.to_string_lossy())
             }
+            Error::StaticProgram(program) => write!(
+                f,
+                "{} is statically linked: LD_PRELOAD cannot reach it, so its leaks cannot be checked",
+                program.to_string_lossy()
+            ),
             Error::Spawn { program, source } => write!(
                 f,
                 "cannot run {}: {}",

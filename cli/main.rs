@@ -5,6 +5,7 @@
 //! 128+signal), or 2 with one line on stderr when leakscan itself failed.
 
 mod args;
+mod elf;
 mod error;
 mod output;
 mod render;

@@ -21,6 +21,7 @@ use leakscan_core::report::{Process, Report, Scan, Summary, Tool, Trigger, SCHEM
 use leakscan_platform::user::{signal_name, ShellSignals};
 
 use crate::args::Format;
+use crate::elf;
 use crate::error::Error;
 use crate::render;
 use crate::reportdir;
@@ -56,6 +57,11 @@ pub fn exit_code(status: ProgramStatus, leaked: bool, error_exitcode: u8) -> u8 
 }
 
 pub fn run(s: &RunSettings) -> Result<u8, Error> {
+    // 0. A program the agent can never reach gets an error, not a silent
+    //    "no report" that CI would read as "no leaks".
+    if elf::program_linkage(Path::new(&s.program)) == elf::Linkage::Static {
+        return Err(Error::StaticProgram(s.program.clone()));
+    }
     // 1. Directories.
     reportdir::ensure(&s.report_dir)?;
     let run_dir = reportdir::create_run_dir(&s.report_dir, std::process::id(), now_nanos())?;

@@ -133,6 +133,17 @@ fn sigsegv_exits_139() {
 }
 
 #[test]
+fn static_program_is_refused_before_it_runs() {
+    let (dir, binary) = fixture("cli_static", "static_binary.c");
+    let mut cmd = leakscan();
+    cmd.args(["run", "--"]).arg(&binary);
+    let out = run(&mut cmd, &dir, "leakscan", FIXTURE_TIME_LIMIT);
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+    assert_one_line_error(&out);
+    assert!(out.stderr.contains("statically linked"), "{}", out.stderr);
+}
+
+#[test]
 fn abort_exits_134() {
     check_killed("cli_abort", "abort.c", 6, &["SIGABRT", "Aborted"]);
 }
