@@ -36,6 +36,8 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// The report directory is not ours or not private (already one line).
+    UnsafeReportDir(String),
     /// The run directory's path cannot be quoted in LEAKSCAN_OPTIONS.
     UnquotablePath(PathBuf),
     Signals(io::Error),
@@ -106,6 +108,7 @@ impl fmt::Display for Error {
                 "the report directory {} contains both quote characters and cannot be passed in LEAKSCAN_OPTIONS",
                 path.display()
             ),
+            Error::UnsafeReportDir(msg) => f.write_str(msg),
             Error::Signals(e) => write!(f, "cannot ignore SIGINT/SIGQUIT: {}", os(e)),
             Error::ProgramNotFound(program) => {
                 write!(f, "{}: command not found", program.to_string_lossy())

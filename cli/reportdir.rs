@@ -30,14 +30,7 @@ pub fn resolve(leakscan_options: Option<&str>, xdg_runtime_dir: Option<&str>, ui
 
 /// Create `dir` and any missing parents, mode 0700.
 pub fn ensure(dir: &Path) -> Result<(), Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| Error::ReportDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    leakscan_platform::dirs::ensure_private_dir(dir).map_err(Error::UnsafeReportDir)
 }
 
 /// Create this run's private directory, mode 0700; it must not exist yet.

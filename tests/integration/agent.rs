@@ -117,3 +117,23 @@ fn leak_check_can_be_turned_off() {
     assert_eq!(out.code, 0);
     assert!(report_files(&reports).is_empty(), "no check, no report");
 }
+
+#[test]
+fn a_symlinked_report_directory_is_refused() {
+    let dir = workdir("agent_symlinked_dir");
+    let binary = build(&Spec::load("direct_leak.c"), &dir);
+    let elsewhere = dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let link = dir.join("reports");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let mut cmd = bare(&binary);
+    cmd.env("LD_PRELOAD", agent_library())
+        .env("LEAKSCAN_OPTIONS", format!("report_dir={}", link.display()));
+    let out = run(&mut cmd, &dir, "preloaded", FIXTURE_TIME_LIMIT);
+    assert_eq!(out.code, 0, "the program is unaffected");
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+    assert!(
+        report_files(&elsewhere).is_empty(),
+        "nothing written through the link"
+    );
+}

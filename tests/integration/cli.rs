@@ -176,3 +176,30 @@ fn text_report_goes_to_stderr_and_leaves_stdout_alone() {
         "the program's stdout bytes changed under leakscan"
     );
 }
+
+#[test]
+fn a_report_directory_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workdir("cli_shared_report_dir");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(
+        leakscan()
+            .env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}", shared.display()),
+            )
+            .args(["run", "--", "true"]),
+        &dir,
+        "leakscan",
+        FIXTURE_TIME_LIMIT,
+    );
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+    assert_one_line_error(&out);
+    assert!(
+        out.stderr.contains("writable by other users"),
+        "{}",
+        out.stderr
+    );
+}

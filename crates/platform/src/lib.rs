@@ -11,8 +11,10 @@
 //! - [`modules`]: loaded modules via `dl_iterate_phdr`;
 //! - [`maps`]: the `/proc/self/maps` parser;
 //! - [`threads`]: stacks, TLS geometry, `pthread_create`, keys, signals;
+//! - [`dirs`]: the report directory's safety check (ours, private, no symlink);
 //! - [`user`]: uid/pid for the CLI.
 
+pub mod dirs;
 pub mod maps;
 pub mod mem;
 pub mod modules;

@@ -3,13 +3,13 @@
 //! The directory is created 0700 and files are 0600: reports describe the
 //! program's memory layout and stacks, which are nobody else's business.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use leakscan_core::options::default_report_dir;
-use leakscan_platform::{sys, user};
+use leakscan_platform::{dirs, sys, user};
 
 /// The report directory in force for this process.
 pub fn report_dir(configured: Option<&str>) -> PathBuf {
@@ -23,12 +23,8 @@ pub fn report_dir(configured: Option<&str>) -> PathBuf {
 }
 
 /// Write `json` as `<dir>/<pid>.json`, atomically. Returns the path.
-pub fn write_report(dir: &PathBuf, pid: u32, json: &str) -> Result<PathBuf, String> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create report directory {}: {e}", dir.display()))?;
+pub fn write_report(dir: &Path, pid: u32, json: &str) -> Result<PathBuf, String> {
+    dirs::ensure_private_dir(dir)?;
     let target = dir.join(format!("{pid}.json"));
     let tmp = dir.join(format!(".{pid}.json.{}.tmp", sys::monotonic_ns()));
     let write = || -> std::io::Result<()> {
