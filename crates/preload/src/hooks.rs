@@ -136,14 +136,17 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         // program's own double free).
         return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
     }
-    let (Some(g), Some(total)) = (Guard::enter_tracking(), with_trailer(size)) else {
-        // SAFETY: p is a live glibc block; the result stays untracked.
-        return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
+    // The new block is tracked unless this thread is inside leakscan or
+    // tracking is off; either way the old one leaves through a free section.
+    let track = match (Guard::enter_tracking(), with_trailer(size)) {
+        (Some(g), Some(total)) => Some((g, total)),
+        _ => None,
     };
+    let want = track.as_ref().map_or(size, |&(_, total)| total);
     quarantine::free_section(|defer| {
         let q = if defer {
             // A scan may be reading the old block: move, and defer its free.
-            let q = real::malloc(total);
+            let q = real::malloc(want);
             if !q.is_null() {
                 // SAFETY: both blocks are live, distinct, and at least this
                 // long; the old one is then ours to defer.
@@ -155,14 +158,17 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
             q
         } else {
             // SAFETY: p is a live glibc block.
-            unsafe { real::realloc(p as *mut u8, total) }
+            unsafe { real::realloc(p as *mut u8, want) }
         };
         if q.is_null() {
             // The old block is untouched and still ours: track it again.
             let _ = INDEX.insert(p as usize, old.size);
             return core::ptr::null_mut();
         }
-        record(&g, q, size)
+        match &track {
+            Some((g, _)) => record(g, q, size),
+            None => q as *mut c_void,
+        }
     })
 }
 
