@@ -24,7 +24,7 @@
 //!
 //! A [`PageNode`] has a start bitmap with one bit per 16-byte granule (glibc
 //! aligns every block to 16), the start of the block covering the page's
-//! first byte (`cover`), and mark bitmaps. "Which block contains A" is then:
+//! first byte (`cover`), and a mark bitmap: 80 bytes per heap page. "Which block contains A" is then:
 //! leaf slot → highest start bit at or below A's granule, else `cover` →
 //! range check against the block's size. No search, no rebalancing.
 //!
@@ -75,20 +75,8 @@ const TAG: usize = 1;
 /// Bytes of index memory per arena chunk of nodes.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Independent mark bitmaps kept per block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MarkSet {
-    /// Reached from the roots in the current scan.
-    Reachable = 0,
-    /// Pointed to by another unreachable block (an indirect leak).
-    Referenced = 1,
-    /// Reached while flooding from direct leaks (classification only).
-    Visited = 2,
-}
-const MARK_SETS: usize = 3;
-
 /// Per-page metadata. Lives in a type-stable arena: never freed, never moved.
-#[repr(C, align(32))]
+#[repr(C, align(16))]
 pub struct PageNode {
     /// Base address of the page; written before the node is published.
     page: AtomicUsize,
@@ -96,7 +84,10 @@ pub struct PageNode {
     cover: AtomicUsize,
     /// Bit g set ⇔ a live block starts at `page + 16·g`.
     starts: [AtomicU64; BITMAP_WORDS],
-    marks: [[AtomicU64; BITMAP_WORDS]; MARK_SETS],
+    /// Bit g set ⇔ the block starting at `page + 16·g` was reached in the
+    /// current scan. (Classification state for the few white blocks lives
+    /// in a side table of the scan, not here: 80 bytes per heap page.)
+    marks: [AtomicU64; BITMAP_WORDS],
 }
 
 const NODE_SIZE: usize = core::mem::size_of::<PageNode>();
@@ -494,41 +485,34 @@ impl<B: Backing> PageMap<B> {
 
     // ---- marks --------------------------------------------------------------
 
-    /// Set `set`'s mark on the block starting at `start`; true if it was not
-    /// set before (the caller then scans the block).
+    /// Mark the block starting at `start` as reached; true if it was not
+    /// marked before (the caller then scans the block).
     #[inline(always)]
-    pub fn mark(&self, set: MarkSet, start: usize) -> bool {
+    pub fn mark(&self, start: usize) -> bool {
         let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {
             return false;
         };
         let (w, bit) = Self::granule_bit(start);
-        let word = &node.marks[set as usize][w];
+        let word = &node.marks[w];
         if word.load(Ordering::Relaxed) & bit != 0 {
             return false;
         }
         word.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 
-    /// Clear `set`'s mark on one block.
-    pub fn unmark(&self, set: MarkSet, start: usize) {
-        if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
-            let (w, bit) = Self::granule_bit(start);
-            node.marks[set as usize][w].fetch_and(!bit, Ordering::Relaxed);
-        }
-    }
-
+    /// Whether the block starting at `start` is marked as reached.
     #[inline]
-    pub fn is_marked(&self, set: MarkSet, start: usize) -> bool {
+    pub fn is_marked(&self, start: usize) -> bool {
         self.node(start & !(PAGE_SIZE - 1)).is_some_and(|node| {
             let (w, bit) = Self::granule_bit(start);
-            node.marks[set as usize][w].load(Ordering::Relaxed) & bit != 0
+            node.marks[w].load(Ordering::Relaxed) & bit != 0
         })
     }
 
-    /// Clear one mark set on every block (start of a scan).
-    pub fn clear_marks(&self, set: MarkSet) {
+    /// Clear every mark (start of a scan).
+    pub fn clear_marks(&self) {
         self.for_each_node(|node| {
-            for word in &node.marks[set as usize] {
+            for word in &node.marks {
                 word.store(0, Ordering::Relaxed);
             }
         });
@@ -700,12 +684,12 @@ mod tests {
         map.for_each_block(|s| seen.push(s));
         seen.sort();
         assert_eq!(seen, (0..100).map(|i| BASE + i * 48).collect::<Vec<_>>());
-        assert!(map.mark(MarkSet::Reachable, BASE + 48));
-        assert!(!map.mark(MarkSet::Reachable, BASE + 48));
-        assert!(map.is_marked(MarkSet::Reachable, BASE + 48));
-        assert!(!map.is_marked(MarkSet::Referenced, BASE + 48));
-        map.clear_marks(MarkSet::Reachable);
-        assert!(!map.is_marked(MarkSet::Reachable, BASE + 48));
+        assert!(map.mark(BASE + 48));
+        assert!(!map.mark(BASE + 48));
+        assert!(map.is_marked(BASE + 48));
+        assert!(!map.is_marked(BASE + 96));
+        map.clear_marks();
+        assert!(!map.is_marked(BASE + 48));
         assert_eq!(
             map.first_block_touching(BASE + 4096, BASE + 8192),
             Some(BASE + 4080)

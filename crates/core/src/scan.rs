@@ -36,8 +36,11 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backing::Backing;
-use crate::index::{Bounds, MarkSet, PageMap};
+use crate::backing::{BackedVec, Backing};
+use crate::index::{Bounds, PageMap};
+
+/// Bytes of a gray block scanned before its children are (see `drain`).
+const SCAN_CHUNK: usize = 64 * 1024;
 
 /// Gray blocks in flight between prefetch and scan.
 const PREFETCH_RING: usize = 16;
@@ -70,8 +73,9 @@ struct GrayChunk {
 const GRAY_CHUNK_BYTES: usize = 64 * 1024;
 const GRAY_ITEMS: usize = (GRAY_CHUNK_BYTES - 16) / 16;
 
-/// A LIFO of `(start, size)` ranges still to scan. Chunks are reused, never
-/// returned: their memory is leakscan's own and excluded from roots.
+/// A LIFO of `(start, size)` ranges still to scan. Emptied chunks are kept
+/// for reuse until the stack is dropped; their memory is leakscan's own and
+/// excluded from roots.
 pub struct GrayStack<B: Backing> {
     top: *mut GrayChunk,
     spare: *mut GrayChunk,
@@ -154,14 +158,46 @@ impl<B: Backing> GrayStack<B> {
     }
 }
 
-/// What a marker does with a block that a word points into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Policy {
-    set: MarkSet,
-    /// Push newly marked blocks so their contents get scanned too.
-    push: bool,
-    /// Ignore blocks already Reachable (used when classifying leaks).
-    skip_reachable: bool,
+impl<B: Backing> Drop for GrayStack<B> {
+    fn drop(&mut self) {
+        for mut chunk in [self.top, self.spare] {
+            while let Some(c) = core::ptr::NonNull::new(chunk) {
+                // SAFETY: every chunk on either list came from alloc_zeroed
+                // with GRAY_CHUNK_BYTES and is ours alone.
+                unsafe {
+                    chunk = (*c.as_ptr()).prev;
+                    B::release(c.cast(), GRAY_CHUNK_BYTES);
+                }
+            }
+        }
+    }
+}
+
+/// The words of `[addr, addr + len)`, 8-aligned, as atomics: the program
+/// may write them while we read (a concurrent scan), and relaxed atomic
+/// loads make that defined behaviour.
+///
+/// # Safety
+/// The range must stay mapped and readable while the slice is used.
+#[inline(always)]
+unsafe fn words<'m>(addr: usize, len: usize) -> &'m [AtomicUsize] {
+    let first = (addr + 7) & !7;
+    let end = addr.saturating_add(len) & !7;
+    if end <= first {
+        return &[];
+    }
+    // SAFETY: per the contract the aligned range is readable.
+    unsafe { core::slice::from_raw_parts(first as *const AtomicUsize, (end - first) / 8) }
+}
+
+/// The start of the tracked block `word` may point into, after the cheap
+/// rejections: small integers, values outside the heap, no block there.
+#[inline(always)]
+fn candidate<B: Backing>(index: &PageMap<B>, bounds: &Bounds, word: usize) -> Option<usize> {
+    if word < MIN_POINTER || !bounds.contains(word) {
+        return None;
+    }
+    index.candidate(word)
 }
 
 /// Marks blocks reached from the ranges it is given.
@@ -170,38 +206,20 @@ pub struct Marker<'a, B: Backing, S: Fn(usize) -> usize> {
     size_of: S,
     bounds: Bounds,
     gray: GrayStack<B>,
-    policy: Policy,
-    /// While scanning a block's own contents: its range, so that
-    /// self-references do not count as "referenced by another block".
-    current: (usize, usize),
     scanned_bytes: u64,
     marked_blocks: u64,
     marked_bytes: u64,
 }
 
 impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
-    /// A marker for the Reachable set. `size_of(start)` must return the size
-    /// of the tracked block starting at `start`.
+    /// `size_of(start)` must return the size of the tracked block starting
+    /// at `start`.
     pub fn new(index: &'a PageMap<B>, size_of: S) -> Self {
-        Self::with_policy(
-            index,
-            size_of,
-            Policy {
-                set: MarkSet::Reachable,
-                push: true,
-                skip_reachable: false,
-            },
-        )
-    }
-
-    fn with_policy(index: &'a PageMap<B>, size_of: S, policy: Policy) -> Self {
         Marker {
             index,
             size_of,
             bounds: index.bounds(),
             gray: GrayStack::new(),
-            policy,
-            current: (0, 0),
             scanned_bytes: 0,
             marked_blocks: 0,
             marked_bytes: 0,
@@ -223,46 +241,35 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
         self.gray.overflowed()
     }
 
-    /// Mark the block at `start` as a root-reached block by hand (e.g. a block
-    /// the program asked never to report, whose children must stay alive).
-    pub fn gray_block(&mut self, start: usize) {
-        if self.index.mark(self.policy.set, start) {
-            let size = (self.size_of)(start);
+    #[inline(always)]
+    fn mark_and_push(&mut self, start: usize, size: usize) {
+        if self.index.mark(start) {
             self.marked_blocks += 1;
             self.marked_bytes += size as u64;
             self.gray.push(start, size);
         }
     }
 
+    /// Gray the block at `start` by hand, as if a root pointed to it (e.g.
+    /// a block allocated while the scan ran).
+    pub fn gray_block(&mut self, start: usize) {
+        let size = (self.size_of)(start);
+        self.mark_and_push(start, size);
+    }
+
     #[inline(always)]
     fn consider(&mut self, word: usize) {
-        if word < MIN_POINTER || !self.bounds.contains(word) {
-            return;
-        }
-        let Some(start) = self.index.candidate(word) else {
+        let Some(start) = candidate(self.index, &self.bounds, word) else {
             return;
         };
         // Most words that hit a block hit one already marked: skip the size
         // lookup (a cache miss on the block's trailer) when marking is moot.
-        if self.index.is_marked(self.policy.set, start) {
+        if self.index.is_marked(start) {
             return;
         }
         let size = (self.size_of)(start);
-        if word - start >= size.max(1) {
-            return;
-        }
-        if start == self.current.0 && self.current.1 != 0 {
-            return; // a block pointing into itself
-        }
-        if self.policy.skip_reachable && self.index.is_marked(MarkSet::Reachable, start) {
-            return;
-        }
-        if self.index.mark(self.policy.set, start) {
-            self.marked_blocks += 1;
-            self.marked_bytes += size as u64;
-            if self.policy.push {
-                self.gray.push(start, size);
-            }
+        if word - start < size.max(1) {
+            self.mark_and_push(start, size);
         }
     }
 
@@ -279,16 +286,9 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
     /// # Safety
     /// The range must stay mapped and readable for the duration of the call.
     pub unsafe fn scan_range(&mut self, addr: usize, len: usize) {
-        let first = (addr + 7) & !7;
-        let end = addr.saturating_add(len) & !7;
-        if end <= first {
-            return;
-        }
-        let n = (end - first) / 8;
-        // SAFETY: the caller guarantees the range is readable; relaxed atomic
-        // loads make racing writes by the program defined behaviour.
-        let words = unsafe { core::slice::from_raw_parts(first as *const AtomicUsize, n) };
-        self.scanned_bytes += (n * 8) as u64;
+        // SAFETY: forwarded contract.
+        let words = unsafe { words(addr, len) };
+        self.scanned_bytes += (words.len() * 8) as u64;
         for w in words {
             self.consider(w.load(Ordering::Relaxed));
         }
@@ -320,20 +320,113 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
             if queued == 0 {
                 break;
             }
-            let (start, size) = ring[head];
+            let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
-            self.current = (start, size);
+            if size > SCAN_CHUNK {
+                // A big block (an array of a million pointers, say) would
+                // push all its children at once; scanning it a chunk at a
+                // time keeps the gray stack, and leakscan's memory, small.
+                self.gray.push(start + SCAN_CHUNK, size - SCAN_CHUNK);
+                size = SCAN_CHUNK;
+            }
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
         }
-        self.current = (0, 0);
     }
+}
+
+/// A white (unreached) block during classification.
+#[derive(Debug, Clone, Copy)]
+struct White {
+    start: usize,
+    size: usize,
+    /// Pointed to by another white block: an indirect leak.
+    referenced: bool,
+    /// Reached while flooding from the direct leaks.
+    visited: bool,
+}
+
+/// The white blocks, sorted by address, for lookups by pointer.
+struct WhiteSet<'a, B: Backing> {
+    index: &'a PageMap<B>,
+    bounds: Bounds,
+    blocks: BackedVec<White, B>,
+}
+
+impl<B: Backing> WhiteSet<'_, B> {
+    /// The white block `word` points into, if any.
+    #[inline]
+    fn find(&self, word: usize) -> Option<usize> {
+        let start = candidate(self.index, &self.bounds, word)?;
+        let blocks = self.blocks.as_slice();
+        let i = blocks.binary_search_by_key(&start, |w| w.start).ok()?;
+        (word - start < blocks[i].size.max(1)).then_some(i)
+    }
+
+    /// Call `f(j)` for each white block a word of white block `i` points
+    /// into, other than `i` itself.
+    ///
+    /// # Safety
+    /// Block `i` must be readable.
+    unsafe fn targets(&self, i: usize, mut f: impl FnMut(usize)) {
+        let White { start, size, .. } = self.blocks.as_slice()[i];
+        // SAFETY: forwarded contract.
+        for w in unsafe { words(start, size) } {
+            match self.find(w.load(Ordering::Relaxed)) {
+                Some(j) if j != i => f(j),
+                _ => {}
+            }
+        }
+    }
+
+    /// White blocks that white block `i` points into, into `found`.
+    ///
+    /// # Safety
+    /// Block `i` must be readable.
+    unsafe fn collect_targets(&self, i: usize, found: &mut BackedVec<usize, B>) -> bool {
+        found.clear();
+        let mut complete = true;
+        // SAFETY: forwarded contract.
+        unsafe { self.targets(i, |j| complete &= found.push(j)) };
+        complete
+    }
+
+    /// Mark as visited everything reachable from white block `root`.
+    ///
+    /// # Safety
+    /// Every white block must be readable.
+    unsafe fn flood(&mut self, root: usize, scratch: &mut Scratch<B>) -> bool {
+        let mut complete = true;
+        self.blocks.as_mut_slice()[root].visited = true;
+        complete &= scratch.stack.push(root);
+        while let Some(i) = scratch.stack.pop() {
+            // SAFETY: forwarded contract.
+            complete &= unsafe { self.collect_targets(i, &mut scratch.found) };
+            for &j in scratch.found.as_slice() {
+                let block = &mut self.blocks.as_mut_slice()[j];
+                if !block.visited {
+                    block.visited = true;
+                    complete &= scratch.stack.push(j);
+                }
+            }
+        }
+        complete
+    }
+}
+
+/// Reused buffers of the classification.
+struct Scratch<B: Backing> {
+    stack: BackedVec<usize, B>,
+    found: BackedVec<usize, B>,
 }
 
 /// Split the blocks left white after marking into direct and indirect leaks.
 /// `out(start, size, direct)` is called once per leaked block. Returns false
 /// if backing memory ran out (the split is then incomplete).
+///
+/// The white blocks go to a sorted side table rather than per-page bitmaps:
+/// they are normally few, and the index stays at one mark bitmap per page.
 ///
 /// # Safety
 /// As for [`Marker::drain`]: every tracked block must stay readable.
@@ -342,66 +435,62 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
     size_of: S,
     mut out: impl FnMut(usize, usize, bool),
 ) -> bool {
-    index.clear_marks(MarkSet::Referenced);
-    index.clear_marks(MarkSet::Visited);
-    let leaked = |start: usize| !index.is_marked(MarkSet::Reachable, start);
-
-    // 1. Every leaked block pointed to by another leaked block is indirect.
-    let mut referenced = Marker::with_policy(
+    let mut complete = true;
+    let mut white = WhiteSet {
         index,
-        size_of,
-        Policy {
-            set: MarkSet::Referenced,
-            push: false,
-            skip_reachable: true,
-        },
-    );
+        bounds: index.bounds(),
+        blocks: BackedVec::new(),
+    };
     index.for_each_block(|start| {
-        if leaked(start) {
-            let size = size_of(start);
-            referenced.current = (start, size);
-            // SAFETY: per this fn's contract.
-            unsafe { referenced.scan_range(start, size) };
+        if !index.is_marked(start) {
+            complete &= white.blocks.push(White {
+                start,
+                size: size_of(start),
+                referenced: false,
+                visited: false,
+            });
         }
     });
+    white
+        .blocks
+        .as_mut_slice()
+        .sort_unstable_by_key(|w| w.start);
+    let n = white.blocks.len();
+
+    // 1. Every white block pointed to by another white block is indirect.
+    let mut scratch = Scratch {
+        stack: BackedVec::new(),
+        found: BackedVec::new(),
+    };
+    for i in 0..n {
+        // SAFETY: per this fn's contract.
+        complete &= unsafe { white.collect_targets(i, &mut scratch.found) };
+        for &j in scratch.found.as_slice() {
+            white.blocks.as_mut_slice()[j].referenced = true;
+        }
+    }
 
     // 2. Flood from the direct leaks; 3. what that misses sits in
     //    unreferenced cycles: promote one block of each to direct.
-    let mut flood = Marker::with_policy(
-        index,
-        size_of,
-        Policy {
-            set: MarkSet::Visited,
-            push: true,
-            skip_reachable: true,
-        },
-    );
-    index.for_each_block(|start| {
-        if leaked(start) && !index.is_marked(MarkSet::Referenced, start) {
-            flood.gray_block(start);
-        }
-    });
-    // SAFETY: per this fn's contract.
-    unsafe { flood.drain() };
-    index.for_each_block(|start| {
-        if leaked(start) && !index.is_marked(MarkSet::Visited, start) {
-            index.unmark(MarkSet::Referenced, start);
-            flood.gray_block(start);
+    for i in 0..n {
+        let w = white.blocks.as_slice()[i];
+        if !w.referenced && !w.visited {
             // SAFETY: per this fn's contract.
-            unsafe { flood.drain() };
+            complete &= unsafe { white.flood(i, &mut scratch) };
         }
-    });
+    }
+    for i in 0..n {
+        if !white.blocks.as_slice()[i].visited {
+            white.blocks.as_mut_slice()[i].referenced = false;
+            // SAFETY: per this fn's contract.
+            complete &= unsafe { white.flood(i, &mut scratch) };
+        }
+    }
 
-    index.for_each_block(|start| {
-        if leaked(start) {
-            out(
-                start,
-                size_of(start),
-                !index.is_marked(MarkSet::Referenced, start),
-            );
-        }
-    });
-    !referenced.overflowed() && !flood.overflowed()
+    for w in white.blocks.as_slice() {
+        out(w.start, w.size, !w.referenced);
+    }
+    complete
 }
 
 #[cfg(test)]
@@ -444,7 +533,7 @@ mod tests {
         fn check(&self, roots: &[usize]) -> BTreeMap<usize, bool> {
             let sizes = &self.sizes;
             let size_of = move |s: usize| sizes[&s];
-            self.index.clear_marks(MarkSet::Reachable);
+            self.index.clear_marks();
             let mut m = Marker::new(&self.index, size_of);
             m.scan_words(roots);
             // SAFETY: the blocks live in self.blocks for the whole call.
@@ -515,6 +604,17 @@ mod tests {
         h.set(lost, 0, kept);
         let leaks = h.check(&[kept]);
         assert_eq!(leaks.into_iter().collect::<Vec<_>>(), vec![(lost, true)]);
+    }
+
+    #[test]
+    fn a_big_block_is_scanned_in_chunks_and_completely() {
+        let mut h = Heap::new();
+        let children: Vec<usize> = (0..30_000).map(|_| h.alloc(2)).collect();
+        let array = h.alloc(children.len());
+        for (i, &c) in children.iter().enumerate() {
+            h.set(array, i, c);
+        }
+        assert!(h.check(&[array]).is_empty());
     }
 
     #[test]

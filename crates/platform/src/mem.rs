@@ -112,101 +112,10 @@ impl Backing for MmapBacking {
     fn alloc_zeroed(bytes: usize) -> Option<NonNull<u8>> {
         map(bytes)
     }
-}
 
-/// A growable buffer of `T: Copy` in leakscan's own mappings, usable while
-/// other threads are stopped (it never calls malloc).
-pub struct MapVec<T: Copy> {
-    ptr: *mut T,
-    len: usize,
-    cap: usize,
-}
-
-impl<T: Copy> Default for MapVec<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: Copy> MapVec<T> {
-    pub const fn new() -> Self {
-        MapVec {
-            ptr: core::ptr::null_mut(),
-            len: 0,
-            cap: 0,
-        }
-    }
-
-    /// Append; false when memory ran out (the element is dropped).
-    pub fn push(&mut self, value: T) -> bool {
-        if self.len == self.cap && !self.grow() {
-            return false;
-        }
-        // SAFETY: len < cap, inside our mapping.
-        unsafe { self.ptr.add(self.len).write(value) };
-        self.len += 1;
-        true
-    }
-
-    fn grow(&mut self) -> bool {
-        let size = core::mem::size_of::<T>().max(1);
-        let new_cap = (self.cap * 2).max(page_round(size * 64) / size);
-        let Some(fresh) = map(new_cap * size) else {
-            return false;
-        };
-        let fresh = fresh.as_ptr() as *mut T;
-        if !self.ptr.is_null() {
-            // SAFETY: both regions are ours, disjoint, and hold len items.
-            unsafe {
-                core::ptr::copy_nonoverlapping(self.ptr, fresh, self.len);
-                unmap(self.ptr as *mut u8, self.cap * size);
-            }
-        }
-        self.ptr = fresh;
-        self.cap = new_cap;
-        true
-    }
-
-    pub fn as_slice(&self) -> &[T] {
-        if self.ptr.is_null() {
-            return &[];
-        }
-        // SAFETY: ptr holds len initialised items.
-        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [T] {
-        if self.ptr.is_null() {
-            return &mut [];
-        }
-        // SAFETY: ptr holds len initialised items, borrowed mutably.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl<T: Copy> Drop for MapVec<T> {
-    fn drop(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: our own mapping of cap items, not used after drop.
-            unsafe {
-                unmap(
-                    self.ptr as *mut u8,
-                    self.cap * core::mem::size_of::<T>().max(1),
-                )
-            };
-        }
+    unsafe fn release(ptr: NonNull<u8>, bytes: usize) {
+        // SAFETY: per the Backing contract, this is one mapping from `map`.
+        unsafe { unmap(ptr.as_ptr(), bytes) }
     }
 }
 
@@ -225,15 +134,5 @@ mod tests {
         let mut still = false;
         for_each_own_mapping(|s, _| still |= s == p.as_ptr() as usize);
         assert!(!still);
-    }
-
-    #[test]
-    fn mapvec_grows() {
-        let mut v = MapVec::new();
-        for i in 0..100_000usize {
-            assert!(v.push(i));
-        }
-        assert_eq!(v.len(), 100_000);
-        assert_eq!(v.as_slice()[99_999], 99_999);
     }
 }

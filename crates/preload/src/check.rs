@@ -23,15 +23,15 @@
 //!
 //! Between 2 and 6 other threads may hold glibc's malloc locks, so nothing
 //! here allocates from the heap: buffers are leakscan's own mappings
-//! ([`MapVec`], [`mem::map`]). Memory that another (unregistered) thread
+//! ([`ScratchVec`], [`mem::map`]). Memory that another (unregistered) thread
 //! could unmap meanwhile is copied with `process_vm_readv`, which reports a
 //! vanished page instead of faulting.
 
 use core::sync::atomic::Ordering;
 
-use leakscan_core::index::MarkSet;
+use leakscan_core::backing::BackedVec;
 use leakscan_core::scan::{classify, Marker};
-use leakscan_platform::mem::{self, MapVec, MmapBacking};
+use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
 use crate::guard::Guard;
@@ -40,6 +40,10 @@ use crate::state::{INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, GHOST, LIVE, SLOTS};
 use crate::trailer;
+
+/// A growable buffer in leakscan's own mappings: usable while other threads
+/// are stopped holding malloc's locks.
+pub type ScratchVec<T> = BackedVec<T, MmapBacking>;
 
 /// One leaked block, as found by the check.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +56,7 @@ pub struct LeakRecord {
 }
 
 pub struct CheckResult {
-    pub leaks: MapVec<LeakRecord>,
+    pub leaks: ScratchVec<LeakRecord>,
     pub live_blocks: u64,
     pub live_bytes: u64,
     pub scanned_bytes: u64,
@@ -87,7 +91,7 @@ struct Scratch {
     copy: *mut u8,
     maps: *mut u8,
     maps_len: usize,
-    excluded: MapVec<(usize, usize)>,
+    excluded: ScratchVec<(usize, usize)>,
 }
 
 impl Scratch {
@@ -99,7 +103,7 @@ impl Scratch {
             copy,
             maps,
             maps_len,
-            excluded: MapVec::new(),
+            excluded: ScratchVec::new(),
         })
     }
 }
@@ -121,7 +125,7 @@ impl Drop for Scratch {
 pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
     let started = sys::monotonic_ns();
     let mut result = CheckResult {
-        leaks: MapVec::new(),
+        leaks: ScratchVec::new(),
         live_blocks: 0,
         live_bytes: 0,
         scanned_bytes: 0,
@@ -149,7 +153,7 @@ fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut
     let generation = SCAN_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1) as u16;
     quarantine::begin();
     let (stop, all_stopped) = stop::stop_others(g);
-    INDEX.clear_marks(MarkSet::Reachable);
+    INDEX.clear_marks();
     let mut marker = Marker::new(&INDEX, block_size as SizeOf);
     let mut roots = Roots {
         marker: &mut marker,
@@ -208,9 +212,7 @@ fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut
 /// going; what it allocates after the pass is still never reported.
 fn gray_new_blocks(marker: &mut Marker<'_, MmapBacking, SizeOf>, generation: u16) {
     INDEX.for_each_block(|start| {
-        if !INDEX.is_marked(MarkSet::Reachable, start)
-            && live_trailer(start).generation == generation
-        {
+        if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
             marker.gray_block(start);
         }
     });
@@ -223,7 +225,7 @@ struct Roots<'a, 'm> {
     copy: &'a mut [usize],
     /// Ranges that are not the program's own mappings, or that were already
     /// scanned: subtracted from the anonymous mappings.
-    excluded: &'a mut MapVec<(usize, usize)>,
+    excluded: &'a mut ScratchVec<(usize, usize)>,
 }
 
 impl Roots<'_, '_> {
@@ -290,7 +292,7 @@ impl Roots<'_, '_> {
                 self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
             }
         }
-        let mut dead = MapVec::<(usize, usize, usize)>::new();
+        let mut dead = ScratchVec::<(usize, usize, usize)>::new();
         threads::for_each_dead_stack(|lo, hi, tp| {
             dead.push((lo, hi, tp));
         });
