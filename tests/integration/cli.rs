@@ -12,6 +12,14 @@ fn fixture(test: &str, name: &str) -> (PathBuf, PathBuf) {
     (dir, binary)
 }
 
+/// Build fixture `name` and run `leakscan run FLAGS -- <it>`.
+fn run_fixture(test: &str, name: &str, flags: &[&str]) -> Run {
+    let (dir, binary) = fixture(test, name);
+    let mut cmd = leakscan();
+    cmd.arg("run").args(flags).arg("--").arg(&binary);
+    run(&mut cmd, &dir, "leakscan", FIXTURE_TIME_LIMIT)
+}
+
 /// Run `leakscan ARGS` in a fresh directory for `test`.
 fn leakscan_in(test: &str, args: &[&str]) -> Run {
     run(
@@ -69,35 +77,23 @@ fn unknown_flag_exits_2() {
 
 #[test]
 fn leaks_exit_23_by_default() {
-    let (dir, binary) = fixture("cli_default_exitcode", "direct_leak.c");
-    let out = run(
-        leakscan().arg("run").arg("--").arg(&binary),
-        &dir,
-        "leakscan",
-        FIXTURE_TIME_LIMIT,
-    );
+    let out = run_fixture("cli_default_exitcode", "direct_leak.c", &[]);
     assert_eq!(out.code, 23, "stderr:\n{}", out.stderr);
 }
 
 #[test]
 fn error_exitcode_sets_the_status_for_leaks() {
-    let (dir, binary) = fixture("cli_error_exitcode", "direct_leak.c");
-    let mut cmd = leakscan();
-    cmd.args(["run", "--error-exitcode", "5", "--"])
-        .arg(&binary);
-    let out = run(&mut cmd, &dir, "leakscan", FIXTURE_TIME_LIMIT);
+    let out = run_fixture(
+        "cli_error_exitcode",
+        "direct_leak.c",
+        &["--error-exitcode", "5"],
+    );
     assert_eq!(out.code, 5, "stderr:\n{}", out.stderr);
 }
 
 #[test]
 fn program_status_passes_through_without_leaks() {
-    let (dir, binary) = fixture("cli_exit_status", "exit_status.c");
-    let out = run(
-        leakscan().arg("run").arg("--").arg(&binary),
-        &dir,
-        "leakscan",
-        FIXTURE_TIME_LIMIT,
-    );
+    let out = run_fixture("cli_exit_status", "exit_status.c", &[]);
     assert_eq!(out.code, 3, "stderr:\n{}", out.stderr);
 }
 
@@ -134,10 +130,7 @@ fn sigsegv_exits_139() {
 
 #[test]
 fn static_program_is_refused_before_it_runs() {
-    let (dir, binary) = fixture("cli_static", "static_binary.c");
-    let mut cmd = leakscan();
-    cmd.args(["run", "--"]).arg(&binary);
-    let out = run(&mut cmd, &dir, "leakscan", FIXTURE_TIME_LIMIT);
+    let out = run_fixture("cli_static", "static_binary.c", &[]);
     assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
     assert_one_line_error(&out);
     assert!(out.stderr.contains("statically linked"), "{}", out.stderr);
