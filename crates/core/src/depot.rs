@@ -60,11 +60,24 @@ impl<B: Backing> Default for StackDepot<B> {
 /// in front of [`StackDepot::intern_hashed`].
 #[inline(always)]
 pub fn hash(frames: &[usize]) -> u64 {
-    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ frames.len() as u64;
-    for &f in frames {
-        h = (h ^ f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        h ^= h >> 29;
+    // Two independent multiply lanes halve the dependency chain (this runs
+    // on every allocation); a final avalanche mixes them.
+    const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+    const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+    let mut a: u64 = 0x243f_6a88_85a3_08d3 ^ frames.len() as u64;
+    let mut b: u64 = 0x1319_8a2e_0370_7344;
+    let mut pairs = frames.chunks_exact(2);
+    for pair in &mut pairs {
+        a = (a ^ pair[0] as u64).wrapping_mul(K1).rotate_left(31);
+        b = (b ^ pair[1] as u64).wrapping_mul(K2).rotate_left(29);
     }
+    if let [last] = pairs.remainder() {
+        a = (a ^ *last as u64).wrapping_mul(K1).rotate_left(31);
+    }
+    let mut h = a ^ b.rotate_left(17);
+    h ^= h >> 33;
+    h = h.wrapping_mul(K2);
+    h ^= h >> 29;
     h
 }
 
@@ -227,6 +240,19 @@ mod tests {
     use super::*;
     use crate::backing::HeapBacking;
     use std::sync::Arc;
+
+    #[test]
+    fn hash_separates_order_length_and_values() {
+        let base = hash(&[1, 2, 3, 4, 5]);
+        assert_ne!(base, hash(&[2, 1, 3, 4, 5]), "order");
+        assert_ne!(base, hash(&[1, 2, 3, 4]), "length");
+        assert_ne!(base, hash(&[1, 2, 3, 4, 6]), "odd tail");
+        assert_ne!(hash(&[0x40_1000]), hash(&[0x40_1001]));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..50_000usize {
+            assert!(seen.insert(hash(&[0x5555_0000_1000 + i * 7, 0x7f00_0000_2000 + (i % 13)])));
+        }
+    }
 
     #[test]
     fn same_frames_same_id() {
