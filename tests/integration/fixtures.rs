@@ -43,6 +43,7 @@ fixture_tests! {
     garbage_frame_pointers => "garbage_frame_pointers.c",
     dlopen_tls_root => "dlopen_tls_root.c",
     exit_from_signal_handler => "exit_from_signal_handler.c",
+    fork_while_threads_allocate => "fork_while_threads_allocate.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

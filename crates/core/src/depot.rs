@@ -250,7 +250,10 @@ mod tests {
         assert_ne!(hash(&[0x40_1000]), hash(&[0x40_1001]));
         let mut seen = std::collections::HashSet::new();
         for i in 0..50_000usize {
-            assert!(seen.insert(hash(&[0x5555_0000_1000 + i * 7, 0x7f00_0000_2000 + (i % 13)])));
+            assert!(seen.insert(hash(&[
+                0x5555_0000_1000 + i * 7,
+                0x7f00_0000_2000 + (i % 13)
+            ])));
         }
     }
 
