@@ -137,3 +137,18 @@ fn a_symlinked_report_directory_is_refused() {
         "nothing written through the link"
     );
 }
+
+#[test]
+fn a_program_with_its_own_malloc_is_not_reported_as_clean() {
+    let (out, reports) = preload("agent_own_malloc", "own_malloc.c", "verbosity=1");
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stderr.contains("not leakscan's") && out.stderr.contains("leak checking is off"),
+        "one line says why nothing is checked:\n{}",
+        out.stderr
+    );
+    assert!(
+        report_files(&reports).is_empty(),
+        "no report claiming zero leaks"
+    );
+}

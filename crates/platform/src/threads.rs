@@ -185,3 +185,10 @@ pub const STOP_SIGNAL: c_int = libc::SIGPWR;
 pub fn next_symbol(name: &CStr) -> usize {
     dlsym(libc::RTLD_NEXT, name) as usize
 }
+
+/// Address that `name` resolves to for the whole process (the first
+/// definition in the global scope: the executable, then LD_PRELOAD
+/// libraries, then the rest), or 0. Allocates: call with the guard held.
+pub fn global_symbol(name: &CStr) -> usize {
+    dlsym(libc::RTLD_DEFAULT, name) as usize
+}

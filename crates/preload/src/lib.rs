@@ -106,12 +106,36 @@ extern "C" fn init() {
         return;
     }
     state::set_options(opts);
+    if !malloc_is_ours() {
+        // dlopen'ed after start, or the program defines malloc itself:
+        // allocations never reach us, and an empty report would lie.
+        ENABLED.store(false, Ordering::Release);
+        sys::write_all(
+            2,
+            b"leakscan: malloc in this process is not leakscan's (the library must be \
+              LD_PRELOADed, and the program must not bring its own malloc); leak checking is off\n",
+        );
+        return;
+    }
     threads::init(&g);
     cxx::init(&g);
     quarantine::init();
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);
+}
+
+/// Whether the process's `malloc` is our hook: the global definition lies
+/// in our own code. (Comparing with `hooks::malloc as usize` would not do:
+/// in position-independent code that address itself comes through the GOT,
+/// that is, from the same global lookup.)
+fn malloc_is_ours() -> bool {
+    let global = leakscan_platform::threads::global_symbol(c"malloc");
+    let (lo, hi) = (
+        OWN_TEXT.0.load(Ordering::Relaxed),
+        OWN_TEXT.1.load(Ordering::Relaxed),
+    );
+    global == 0 || lo == hi || (lo <= global && global < hi)
 }
 
 unsafe extern "C" fn in_fork_child() {
