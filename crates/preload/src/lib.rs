@@ -84,9 +84,16 @@ fn read_options() -> Options {
     let text = sys::getenv(c"LEAKSCAN_OPTIONS")
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let (opts, errors) = Options::parse(&text);
+    let (mut opts, errors) = Options::parse(&text);
     for e in errors {
         sys::write_all(2, format!("leakscan: warning: {e} (ignored)\n").as_bytes());
+    }
+    // A relative report_dir means relative to where the program started,
+    // not to wherever it has chdir'ed by the time it exits.
+    if let Some(dir) = opts.report_dir.as_deref().filter(|d| !d.starts_with('/')) {
+        if let Ok(cwd) = std::env::current_dir() {
+            opts.report_dir = Some(cwd.join(dir).to_string_lossy().into_owned());
+        }
     }
     opts
 }
