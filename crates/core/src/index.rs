@@ -442,13 +442,34 @@ impl<B: Backing> PageMap<B> {
     /// completes the check with the block's size ([`Self::find`]).
     #[inline(always)]
     pub fn candidate(&self, addr: usize) -> Option<usize> {
+        self.locate(addr).map(|(start, _)| start)
+    }
+
+    /// [`Self::candidate`], and whether that block is marked. The scanner
+    /// asks both for every word that hits the heap; when the block starts on
+    /// the same page (the common case) the node is already at hand.
+    #[inline(always)]
+    pub fn candidate_marked(&self, addr: usize) -> Option<(usize, bool)> {
+        let (start, node) = self.locate(addr)?;
+        let marked = match node {
+            Some((node, w, bit)) => node.marks[w].load(Ordering::Relaxed) & bit != 0,
+            None => self.is_marked(start),
+        };
+        Some((start, marked))
+    }
+
+    /// The candidate start, with its node, word and bit when it starts on
+    /// `addr`'s own page.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)] // (start, Some((node, word, bit)))
+    fn locate(&self, addr: usize) -> Option<(usize, Option<(&PageNode, usize, u64)>)> {
         let leaf = self.leaf(addr)?;
         let entry = Self::slot(leaf, addr).load(Ordering::Acquire);
         if entry == 0 {
             return None;
         }
         if entry & TAG != 0 {
-            return Some(entry & !TAG);
+            return Some((entry & !TAG, None));
         }
         // SAFETY: untagged non-zero entries are published nodes.
         let node = unsafe { &*(entry as *const PageNode) };
@@ -460,7 +481,8 @@ impl<B: Backing> PageMap<B> {
             let bits = node.starts[w].load(Ordering::Acquire) & mask;
             if bits != 0 {
                 let bit = 63 - bits.leading_zeros() as usize;
-                return Some((addr & !(PAGE_SIZE - 1)) + (w * 64 + bit) * GRANULE);
+                let start = (addr & !(PAGE_SIZE - 1)) + (w * 64 + bit) * GRANULE;
+                return Some((start, Some((node, w, 1u64 << bit))));
             }
             if w == 0 {
                 break;
@@ -470,7 +492,7 @@ impl<B: Backing> PageMap<B> {
         }
         match node.cover.load(Ordering::Acquire) {
             0 => None,
-            start => Some(start),
+            start => Some((start, None)),
         }
     }
 
@@ -688,6 +710,14 @@ mod tests {
         assert!(!map.mark(BASE + 48));
         assert!(map.is_marked(BASE + 48));
         assert!(!map.is_marked(BASE + 96));
+        assert_eq!(
+            map.candidate_marked(BASE + 48 + 20),
+            Some((BASE + 48, true))
+        );
+        assert_eq!(
+            map.candidate_marked(BASE + 96 + 4),
+            Some((BASE + 96, false))
+        );
         map.clear_marks();
         assert!(!map.is_marked(BASE + 48));
         assert_eq!(

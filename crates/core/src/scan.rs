@@ -259,14 +259,14 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
 
     #[inline(always)]
     fn consider(&mut self, word: usize) {
-        let Some(start) = candidate(self.index, &self.bounds, word) else {
-            return;
-        };
-        // Most words that hit a block hit one already marked: skip the size
-        // lookup (a cache miss on the block's trailer) when marking is moot.
-        if self.index.is_marked(start) {
+        if word < MIN_POINTER || !self.bounds.contains(word) {
             return;
         }
+        // Most words that hit a block hit one already marked: skip the size
+        // lookup (a cache miss on the block's trailer) when marking is moot.
+        let Some((start, false)) = self.index.candidate_marked(word) else {
+            return;
+        };
         let size = (self.size_of)(start);
         if word - start < size.max(1) {
             self.mark_and_push(start, size);
