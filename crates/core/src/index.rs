@@ -445,17 +445,33 @@ impl<B: Backing> PageMap<B> {
         self.locate(addr).map(|(start, _)| start)
     }
 
-    /// [`Self::candidate`], and whether that block is marked. The scanner
-    /// asks both for every word that hits the heap; when the block starts on
-    /// the same page (the common case) the node is already at hand.
+    /// Mark the tracked block containing `addr`, if there is one and it was
+    /// not marked yet: then return it as `(start, size)`. The scanner's inner
+    /// loop, with one index walk per word; `size_of` (a cache miss on the
+    /// block's trailer in the agent) is asked only for unmarked candidates.
     #[inline(always)]
-    pub fn candidate_marked(&self, addr: usize) -> Option<(usize, bool)> {
-        let (start, node) = self.locate(addr)?;
-        let marked = match node {
+    pub fn mark_containing(
+        &self,
+        addr: usize,
+        size_of: impl Fn(usize) -> usize,
+    ) -> Option<(usize, usize)> {
+        let (start, here) = self.locate(addr)?;
+        let already = match here {
             Some((node, w, bit)) => node.marks[w].load(Ordering::Relaxed) & bit != 0,
             None => self.is_marked(start),
         };
-        Some((start, marked))
+        if already {
+            return None;
+        }
+        let size = size_of(start);
+        if addr - start >= size.max(1) {
+            return None;
+        }
+        let newly = match here {
+            Some((node, w, bit)) => node.marks[w].fetch_or(bit, Ordering::Relaxed) & bit == 0,
+            None => self.mark(start),
+        };
+        newly.then_some((start, size))
     }
 
     /// The candidate start, with its node, word and bit when it starts on
@@ -710,13 +726,21 @@ mod tests {
         assert!(!map.mark(BASE + 48));
         assert!(map.is_marked(BASE + 48));
         assert!(!map.is_marked(BASE + 96));
+        // BASE + 48 is marked already; BASE + 96 (size 32) gets marked once.
+        assert_eq!(map.mark_containing(BASE + 48 + 20, |_| 32), None);
         assert_eq!(
-            map.candidate_marked(BASE + 48 + 20),
-            Some((BASE + 48, true))
+            map.mark_containing(BASE + 96 + 40, |_| 32),
+            None,
+            "past the end"
         );
         assert_eq!(
-            map.candidate_marked(BASE + 96 + 4),
-            Some((BASE + 96, false))
+            map.mark_containing(BASE + 96 + 4, |_| 32),
+            Some((BASE + 96, 32))
+        );
+        assert_eq!(
+            map.mark_containing(BASE + 96 + 4, |_| 32),
+            None,
+            "only once"
         );
         map.clear_marks();
         assert!(!map.is_marked(BASE + 48));

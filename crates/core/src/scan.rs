@@ -262,14 +262,10 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
         if word < MIN_POINTER || !self.bounds.contains(word) {
             return;
         }
-        // Most words that hit a block hit one already marked: skip the size
-        // lookup (a cache miss on the block's trailer) when marking is moot.
-        let Some((start, false)) = self.index.candidate_marked(word) else {
-            return;
-        };
-        let size = (self.size_of)(start);
-        if word - start < size.max(1) {
-            self.mark_and_push(start, size);
+        if let Some((start, size)) = self.index.mark_containing(word, &self.size_of) {
+            self.marked_blocks += 1;
+            self.marked_bytes += size as u64;
+            self.gray.push(start, size);
         }
     }
 
