@@ -1,7 +1,7 @@
 //! `leakscan run` as a user meets it: exit statuses, error messages, the
 //! text report, and the program's own output left alone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness::{bare, build, leakscan, run, workdir, Run, Spec, FIXTURE_TIME_LIMIT};
 
@@ -22,12 +22,14 @@ fn run_fixture(test: &str, name: &str, flags: &[&str]) -> Run {
 
 /// Run `leakscan ARGS` in a fresh directory for `test`.
 fn leakscan_in(test: &str, args: &[&str]) -> Run {
-    run(
-        leakscan().args(args),
-        &workdir(test),
-        "leakscan",
-        FIXTURE_TIME_LIMIT,
-    )
+    leakscan_with(&workdir(test), &[], args)
+}
+
+/// Run `leakscan ARGS` in `dir` with extra environment variables.
+fn leakscan_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut cmd = leakscan();
+    cmd.envs(env.iter().copied()).args(args);
+    run(&mut cmd, dir, "leakscan", FIXTURE_TIME_LIMIT)
 }
 
 fn assert_one_line_error(out: &Run) {
@@ -48,14 +50,10 @@ fn missing_program_exits_2() {
 
 #[test]
 fn missing_library_exits_2() {
-    let dir = workdir("cli_missing_library");
-    let out = run(
-        leakscan()
-            .env("LEAKSCAN_LIB", "/nonexistent")
-            .args(["run", "--", "true"]),
-        &dir,
-        "leakscan",
-        FIXTURE_TIME_LIMIT,
+    let out = leakscan_with(
+        &workdir("cli_missing_library"),
+        &[("LEAKSCAN_LIB", "/nonexistent")],
+        &["run", "--", "true"],
     );
     assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
     assert_one_line_error(&out);
@@ -177,16 +175,11 @@ fn a_report_directory_writable_by_others_is_refused() {
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = run(
-        leakscan()
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}", shared.display()),
-            )
-            .args(["run", "--", "true"]),
+    let options = format!("report_dir={}", shared.display());
+    let out = leakscan_with(
         &dir,
-        "leakscan",
-        FIXTURE_TIME_LIMIT,
+        &[("LEAKSCAN_OPTIONS", options.as_str())],
+        &["run", "--", "true"],
     );
     assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
     assert_one_line_error(&out);

@@ -224,15 +224,6 @@ impl<B: Backing> StackDepot<B> {
             .map(|k| self.word(off + 1 + k).load(Ordering::Relaxed) as usize)
             .collect()
     }
-
-    /// Number of distinct stacks stored.
-    pub fn len(&self) -> usize {
-        (self.next_id.load(Ordering::Relaxed) as usize - 1).min(MAX_STACKS - 1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

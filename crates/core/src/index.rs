@@ -627,13 +627,6 @@ impl<B: Backing> PageMap<B> {
         }
         None
     }
-
-    /// Bytes of index memory in use (nodes; leaves are sparse address space).
-    pub fn node_bytes(&self) -> usize {
-        let mut bytes = 0;
-        self.for_each_node(|_| bytes += NODE_SIZE);
-        bytes
-    }
 }
 
 #[cfg(test)]

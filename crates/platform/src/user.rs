@@ -1,15 +1,9 @@
-//! Who we are (uid, pid) and how we treat signals as a wrapper process.
+//! Who we are (uid) and how we treat signals as a wrapper process.
 
 /// Real user id of the calling process.
 pub fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
-}
-
-/// Process id of the caller.
-pub fn pid() -> u32 {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    unsafe { libc::getpid() as u32 }
 }
 
 /// A signal's conventional name (`SIGSEGV`), for messages; `None` for

@@ -19,7 +19,8 @@
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left;
 //! 5. classify what stayed white into direct and indirect leaks;
-//! 6. resume the threads, release the deferred frees.
+//! 6. resume the threads and stop deferring frees (the blocks already
+//!    deferred stay allocated: the process is ending).
 //!
 //! Between 2 and 6 other threads may hold glibc's malloc locks, so nothing
 //! here allocates from the heap: buffers are leakscan's own mappings
@@ -144,7 +145,7 @@ pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
     if !ran {
         check_locked(g, caller_sp, &mut scratch, &mut result);
     }
-    quarantine::end(false);
+    quarantine::end();
     result.duration_ns = sys::monotonic_ns() - started;
     result
 }
@@ -312,7 +313,7 @@ impl Roots<'_, '_> {
             excluded.push((start, start + len));
         });
         quarantine::for_each_deferred(|p| {
-            // SAFETY: deferred blocks are live glibc blocks until released.
+            // SAFETY: deferred blocks stay live glibc blocks (never released).
             excluded.push(unsafe { real::chunk_extent(p as *const u8) });
         });
     }
@@ -326,19 +327,15 @@ impl Roots<'_, '_> {
         let Some(n) = maps::read_maps(text) else {
             return false;
         };
-        let excluded = self.excluded.as_mut_slice();
-        excluded.sort_unstable();
-        let excluded: &[(usize, usize)] = excluded;
-        // Copy the exclusions' location out so `self` can be borrowed mutably.
-        let (ex_ptr, ex_len) = (excluded.as_ptr(), excluded.len());
+        // Take the list out of `self` while `self` scans; it is complete now.
+        let mut excluded = core::mem::take(&mut *self.excluded);
+        excluded.as_mut_slice().sort_unstable();
         for m in maps::mappings(&text[..n]) {
             if !(m.readable && m.writable && m.is_anonymous_like()) {
                 continue;
             }
-            // SAFETY: the exclusion list is not modified during this loop.
-            let excluded = unsafe { core::slice::from_raw_parts(ex_ptr, ex_len) };
             let mut cur = m.start;
-            for &(lo, hi) in excluded {
+            for &(lo, hi) in excluded.as_slice() {
                 if hi <= cur || lo >= m.end {
                     continue;
                 }
@@ -354,6 +351,7 @@ impl Roots<'_, '_> {
                 self.program_region(cur, m.end);
             }
         }
+        *self.excluded = excluded;
         true
     }
 

@@ -99,7 +99,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let Some(bytes) = n.checked_mul(size) else {
-        sys::set_errno(libc_enomem());
+        sys::set_errno(sys::ENOMEM);
         return core::ptr::null_mut();
     };
     match (Guard::enter_tracking(), with_trailer(bytes)) {
@@ -180,7 +180,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
         // SAFETY: forwarded contract.
         Some(bytes) => unsafe { realloc(p, bytes) },
         None => {
-            sys::set_errno(libc_enomem());
+            sys::set_errno(sys::ENOMEM);
             core::ptr::null_mut()
         }
     }
@@ -213,11 +213,11 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<usize>()) {
-        return libc_einval();
+        return sys::EINVAL;
     }
     let p = aligned(align, size);
     if p.is_null() {
-        return libc_enomem();
+        return sys::ENOMEM;
     }
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { *out = p };
@@ -239,7 +239,7 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
         .checked_add(PAGE - 1)
         .map(|n| (n & !(PAGE - 1)).max(PAGE))
     else {
-        sys::set_errno(libc_enomem());
+        sys::set_errno(sys::ENOMEM);
         return core::ptr::null_mut();
     };
     aligned(PAGE, rounded)
@@ -259,12 +259,4 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     } else {
         usable
     }
-}
-
-fn libc_enomem() -> c_int {
-    sys::ENOMEM
-}
-
-fn libc_einval() -> c_int {
-    sys::EINVAL
 }

@@ -6,8 +6,9 @@
 //! free a block the scanner is reading, and glibc may then unmap it (an
 //! mmapped chunk, a trimmed heap): a fault. So while a scan is active, `free`
 //! and `realloc` unlink the block from the index as usual but push it on a
-//! lock-free list instead of calling glibc; the scanner releases the list
-//! when it is done. Kernel-side the idea is kfree_rcu: free after a grace
+//! lock-free list instead of calling glibc. (Today the only scan is the
+//! exit check, after which the list is simply left to the ending process;
+//! see [`end`].) Kernel-side the idea is kfree_rcu: free after a grace
 //! period, with no per-type callback.
 //!
 //! ## The handshake (an asymmetric fence)
@@ -33,11 +34,11 @@
 //! counter (they are rare: registration happens in `pthread_create`).
 //!
 //! The list links blocks through their first word; the blocks are ours
-//! until released (unlinked from the index, not yet given to glibc).
+//! for good (unlinked from the index, never given back to glibc).
 
 use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize, Ordering};
 
-use leakscan_platform::{real, sys};
+use leakscan_platform::sys;
 
 use crate::guard;
 use crate::threads::{Slot, LIVE, SLOTS};
@@ -47,8 +48,6 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static HEAD: AtomicUsize = AtomicUsize::new(0);
 static UNREGISTERED_IN_FREE: AtomicUsize = AtomicUsize::new(0);
 static MEMBARRIER: AtomicBool = AtomicBool::new(false);
-/// Blocks released from quarantine so far (statistics).
-static DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// Register for membarrier (constructor).
 pub fn init() {
@@ -139,35 +138,23 @@ pub fn begin() {
     waiting(&|| UNREGISTERED_IN_FREE.load(Ordering::Acquire) != 0);
 }
 
-/// Call `f(p)` for every block deferred so far. Blocks are only removed by
-/// [`end`], which the scanner itself calls, so the walk is safe while other
-/// threads keep pushing (it just misses blocks pushed after it started).
+/// Call `f(p)` for every block deferred so far. Blocks are never removed
+/// from the list, so the walk is safe while other threads keep pushing (it
+/// just misses blocks pushed after it started).
 pub fn for_each_deferred(mut f: impl FnMut(usize)) {
     let mut p = HEAD.load(Ordering::Acquire);
     while p != 0 {
         f(p);
         // SAFETY: a listed block holds its link in its first word and stays
-        // listed (and live) until `end`.
+        // listed (and live) for good.
         p = unsafe { (p as *const usize).read() };
     }
 }
 
-/// Stop deferring. With `release`, give every deferred block to glibc; the
-/// exit check passes false: the process is ending, and freeing thousands of
-/// blocks into arenas that still-running threads hammer would only delay it.
-pub fn end(release: bool) {
+/// Stop deferring. The deferred blocks are not given back: the only scan so
+/// far is the exit check, the process is ending, and freeing thousands of
+/// blocks into arenas that still-running threads hammer would only delay
+/// it. (A scan in a live process must release them here.)
+pub fn end() {
     ACTIVE.store(false, Ordering::SeqCst);
-    if !release {
-        return;
-    }
-    let mut p = HEAD.swap(0, Ordering::Acquire);
-    while p != 0 {
-        // SAFETY: every listed block is a live glibc block owned by the list,
-        // its first word the link written by `defer`.
-        let next = unsafe { (p as *const usize).read() };
-        // SAFETY: as above; nobody else references it.
-        unsafe { real::free(p as *mut u8) };
-        DEFERRED.fetch_add(1, Ordering::Relaxed);
-        p = next;
-    }
 }

@@ -25,14 +25,18 @@ struct ModuleInfo {
     build_id: Option<String>,
 }
 
-fn snapshot_modules() -> Vec<ModuleInfo> {
-    let exe = std::fs::read_link("/proc/self/exe")
+/// Path of the running executable (the loader names it "").
+fn exe_path() -> String {
+    std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn snapshot_modules(exe: &str) -> Vec<ModuleInfo> {
     let mut out = Vec::new();
     modules::for_each_module(|m| {
         let path = if m.name.is_empty() {
-            exe.clone()
+            exe.to_string()
         } else {
             String::from_utf8_lossy(m.name).into_owned()
         };
@@ -85,10 +89,7 @@ fn describe_frame(ip: usize, modules: &[ModuleInfo], symbolize: bool) -> Vec<Fra
     frames
 }
 
-fn process() -> Process {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+fn process(exe: String) -> Process {
     let argv = sys::read_file("/proc/self/cmdline")
         .map(|raw| {
             raw.split(|&b| b == 0)
@@ -120,7 +121,8 @@ pub fn build(
             .or_default()
             .push(*leak);
     }
-    let modules = snapshot_modules();
+    let exe = exe_path();
+    let modules = snapshot_modules(&exe);
     let mut summary = Summary::default();
     let mut leaks: Vec<LeakGroup> = groups
         .into_iter()
@@ -159,7 +161,7 @@ pub fn build(
     Report {
         schema_version: SCHEMA_VERSION,
         tool: Tool::current(),
-        process: process(),
+        process: process(exe),
         scan: Scan {
             trigger,
             number,
