@@ -17,11 +17,14 @@
 //!   classification of what stays white.
 //! - [`report`]: the versioned report schema every output is rendered from.
 //! - [`options`]: `LEAKSCAN_OPTIONS` parsing.
+//! - [`control`]: the control-socket protocol between the CLI and a running
+//!   process.
 //!
 //! Memory for the index and the depot comes from a [`backing::Backing`]
 //! supplied by the caller: `mmap` in the agent, the Rust heap in tests.
 
 pub mod backing;
+pub mod control;
 pub mod depot;
 pub mod index;
 pub mod options;

@@ -29,6 +29,35 @@ pub struct Options {
     /// Resolve function/file/line in the agent. Off: frames keep module,
     /// offset and build-id only (no debug info is read at exit).
     pub symbolize: bool,
+    /// Milliseconds between periodic scans of the running process; 0 = no
+    /// periodic scans (the control socket still answers `scan`).
+    pub scan_interval_ms: u64,
+    /// Blocks younger than this are never reported by a periodic or
+    /// requested scan (kmemleak's `min_age`).
+    pub min_age_ms: u64,
+    /// Serve `<report_dir>/<pid>.sock` for `leakscan report --pid` & co.
+    pub control_socket: bool,
+}
+
+/// Default period of the background scan: often enough that a leak in a
+/// server shows up within half a minute of `min_age`, rarely enough that a
+/// scan of a few hundred MiB costs about 1% of one core.
+pub const DEFAULT_SCAN_INTERVAL_MS: u64 = 10_000;
+/// kmemleak's default minimum age.
+pub const DEFAULT_MIN_AGE_MS: u64 = 5_000;
+
+/// Parse a duration in seconds (`10`, `0.1`, `2.5`) into milliseconds.
+pub fn parse_seconds(v: &str) -> Result<u64, String> {
+    let secs: f64 = v
+        .parse()
+        .map_err(|_| format!("`{v}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("seconds must be a non-negative number".into());
+    }
+    if secs > 31_536_000.0 {
+        return Err("more than a year".into());
+    }
+    Ok((secs * 1000.0).round() as u64)
 }
 
 impl Default for Options {
@@ -42,6 +71,9 @@ impl Default for Options {
             verbosity: 1,
             enabled: true,
             symbolize: true,
+            scan_interval_ms: DEFAULT_SCAN_INTERVAL_MS,
+            min_age_ms: DEFAULT_MIN_AGE_MS,
+            control_socket: true,
         }
     }
 }
@@ -149,6 +181,9 @@ impl Options {
             }
             "enabled" => self.enabled = boolean(value)?,
             "symbolize" => self.symbolize = boolean(value)?,
+            "scan_interval" => self.scan_interval_ms = parse_seconds(value)?,
+            "min_age" => self.min_age_ms = parse_seconds(value)?,
+            "control_socket" => self.control_socket = boolean(value)?,
             _ => return Err("unknown option".into()),
         }
         Ok(())
@@ -182,6 +217,17 @@ mod tests {
         assert_eq!(o.exitcode, 0);
         let items: Vec<_> = e.iter().map(|e| e.item.as_str()).collect();
         assert_eq!(items, ["bogus=1", "exitcode=x", "nokey", "exitcode=300"]);
+    }
+
+    #[test]
+    fn durations_are_seconds_with_fractions() {
+        let (o, e) = Options::parse("scan_interval=0.1:min_age=0:control_socket=0");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!((o.scan_interval_ms, o.min_age_ms), (100, 0));
+        assert!(!o.control_socket);
+        let (o, e) = Options::parse("scan_interval=-1:min_age=soon:scan_interval=inf");
+        assert_eq!(e.len(), 3);
+        assert_eq!(o.scan_interval_ms, DEFAULT_SCAN_INTERVAL_MS);
     }
 
     #[test]

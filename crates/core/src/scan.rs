@@ -200,8 +200,24 @@ fn candidate<B: Backing>(index: &PageMap<B>, bounds: &Bounds, word: usize) -> Op
     index.candidate(word)
 }
 
+/// What the marker needs to know about a tracked block: its size (for
+/// interior pointers) and whether its contents may hold pointers (kmemleak's
+/// `no_scan`: a block annotated so is marked but never scanned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub size: usize,
+    pub scan: bool,
+}
+
+impl Extent {
+    /// A block whose contents are scanned.
+    pub fn scanned(size: usize) -> Extent {
+        Extent { size, scan: true }
+    }
+}
+
 /// Marks blocks reached from the ranges it is given.
-pub struct Marker<'a, B: Backing, S: Fn(usize) -> usize> {
+pub struct Marker<'a, B: Backing, S: Fn(usize) -> Extent> {
     index: &'a PageMap<B>,
     size_of: S,
     bounds: Bounds,
@@ -211,8 +227,8 @@ pub struct Marker<'a, B: Backing, S: Fn(usize) -> usize> {
     marked_bytes: u64,
 }
 
-impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
-    /// `size_of(start)` must return the size of the tracked block starting
+impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
+    /// `size_of(start)` must return the extent of the tracked block starting
     /// at `start`.
     pub fn new(index: &'a PageMap<B>, size_of: S) -> Self {
         Marker {
@@ -242,19 +258,21 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
     }
 
     #[inline(always)]
-    fn mark_and_push(&mut self, start: usize, size: usize) {
-        if self.index.mark(start) {
-            self.marked_blocks += 1;
-            self.marked_bytes += size as u64;
-            self.gray.push(start, size);
+    fn push_marked(&mut self, start: usize, extent: Extent) {
+        self.marked_blocks += 1;
+        self.marked_bytes += extent.size as u64;
+        if extent.scan {
+            self.gray.push(start, extent.size);
         }
     }
 
     /// Gray the block at `start` by hand, as if a root pointed to it (e.g.
-    /// a block allocated while the scan ran).
+    /// a block registered as not a leak).
     pub fn gray_block(&mut self, start: usize) {
-        let size = (self.size_of)(start);
-        self.mark_and_push(start, size);
+        if self.index.mark(start) {
+            let extent = (self.size_of)(start);
+            self.push_marked(start, extent);
+        }
     }
 
     #[inline(always)]
@@ -262,10 +280,17 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
         if word < MIN_POINTER || !self.bounds.contains(word) {
             return;
         }
-        if let Some((start, size)) = self.index.mark_containing(word, &self.size_of) {
-            self.marked_blocks += 1;
-            self.marked_bytes += size as u64;
-            self.gray.push(start, size);
+        // The index asks for the size at most once, for the block it marks;
+        // keep the scan flag of that answer.
+        let scan = core::cell::Cell::new(true);
+        let size_of = |s: usize| {
+            let e = (self.size_of)(s);
+            scan.set(e.scan);
+            e.size
+        };
+        if let Some((start, size)) = self.index.mark_containing(word, size_of) {
+            let scan = scan.get();
+            self.push_marked(start, Extent { size, scan });
         }
     }
 
@@ -296,6 +321,19 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
     /// Every tracked block must stay readable while this runs (other threads
     /// stopped, or frees deferred).
     pub unsafe fn drain(&mut self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.drain_until(|| false) };
+    }
+
+    /// As [`Self::drain`], but asks `give_up()` every few thousand blocks
+    /// and stops early when it says so (a concurrent scan whose quarantine
+    /// grew too large, or a process that started to exit). Returns false if
+    /// it gave up: the marks are then incomplete.
+    ///
+    /// # Safety
+    /// As for [`Self::drain`].
+    pub unsafe fn drain_until(&mut self, mut give_up: impl FnMut() -> bool) -> bool {
+        let mut budget = GIVE_UP_CHECK;
         // Prefetch on gray (Boehm, ISMM 2000): a popped block waits in a
         // small ring while its first cache lines load, so the scan of one
         // block overlaps the memory latency of the next few.
@@ -316,6 +354,13 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
             if queued == 0 {
                 break;
             }
+            budget -= 1;
+            if budget == 0 {
+                if give_up() {
+                    return false;
+                }
+                budget = GIVE_UP_CHECK;
+            }
             let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
@@ -329,8 +374,12 @@ impl<'a, B: Backing, S: Fn(usize) -> usize> Marker<'a, B, S> {
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
         }
+        true
     }
 }
+
+/// Gray blocks scanned between two calls of `drain_until`'s `give_up`.
+const GIVE_UP_CHECK: u32 = 4096;
 
 /// A white (unreached) block during classification.
 #[derive(Debug, Clone, Copy)]
@@ -341,6 +390,24 @@ struct White {
     referenced: bool,
     /// Reached while flooding from the direct leaks.
     visited: bool,
+    /// Reachable from an excused block: never a leak.
+    excused: bool,
+}
+
+/// Which flag a flood sets.
+#[derive(Clone, Copy)]
+enum Flood {
+    Visited,
+    Excused,
+}
+
+impl White {
+    fn flag(&mut self, which: Flood) -> &mut bool {
+        match which {
+            Flood::Visited => &mut self.visited,
+            Flood::Excused => &mut self.excused,
+        }
+    }
 }
 
 /// The white blocks, sorted by address, for lookups by pointer.
@@ -388,21 +455,25 @@ impl<B: Backing> WhiteSet<'_, B> {
         complete
     }
 
-    /// Mark as visited everything reachable from white block `root`.
+    /// Set flag `which` on everything reachable from white block `root`
+    /// that does not have it yet (excused blocks are not entered by a
+    /// `Visited` flood: they are never reported).
     ///
     /// # Safety
     /// Every white block must be readable.
-    unsafe fn flood(&mut self, root: usize, scratch: &mut Scratch<B>) -> bool {
+    unsafe fn flood(&mut self, root: usize, which: Flood, scratch: &mut Scratch<B>) -> bool {
         let mut complete = true;
-        self.blocks.as_mut_slice()[root].visited = true;
+        *self.blocks.as_mut_slice()[root].flag(which) = true;
         complete &= scratch.stack.push(root);
         while let Some(i) = scratch.stack.pop() {
             // SAFETY: forwarded contract.
             complete &= unsafe { self.collect_targets(i, &mut scratch.found) };
             for &j in scratch.found.as_slice() {
                 let block = &mut self.blocks.as_mut_slice()[j];
-                if !block.visited {
-                    block.visited = true;
+                let skip = matches!(which, Flood::Visited) && block.excused;
+                let flag = block.flag(which);
+                if !*flag && !skip {
+                    *flag = true;
                     complete &= scratch.stack.push(j);
                 }
             }
@@ -417,9 +488,25 @@ struct Scratch<B: Backing> {
     found: BackedVec<usize, B>,
 }
 
+/// What [`classify`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Classified {
+    /// False if backing memory ran out (the split is then incomplete).
+    pub complete: bool,
+    /// Every block left white, excused ones included.
+    pub white_blocks: u64,
+    pub white_bytes: u64,
+}
+
 /// Split the blocks left white after marking into direct and indirect leaks.
-/// `out(start, size, direct)` is called once per leaked block. Returns false
-/// if backing memory ran out (the split is then incomplete).
+/// `out(start, size, direct)` is called once per leaked block.
+///
+/// `excused(start)` names white blocks that must not be reported even
+/// though nothing reached them: blocks too young to judge, allocated while
+/// a concurrent scan ran, or annotated as not leaks. Whatever an excused
+/// block points to is excused too, as if it had been a root (kmemleak
+/// treats such objects as gray): a young block may well hold the only
+/// pointer to an old one.
 ///
 /// The white blocks go to a sorted side table rather than per-page bitmaps:
 /// they are normally few, and the index stays at one mark bitmap per page.
@@ -429,8 +516,9 @@ struct Scratch<B: Backing> {
 pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
     index: &PageMap<B>,
     size_of: S,
+    excused: impl Fn(usize) -> bool,
     mut out: impl FnMut(usize, usize, bool),
-) -> bool {
+) -> Classified {
     let mut complete = true;
     let mut white = WhiteSet {
         index,
@@ -444,6 +532,7 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
                 size: size_of(start),
                 referenced: false,
                 visited: false,
+                excused: false,
             });
         }
     });
@@ -452,13 +541,25 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
         .as_mut_slice()
         .sort_unstable_by_key(|w| w.start);
     let n = white.blocks.len();
-
-    // 1. Every white block pointed to by another white block is indirect.
     let mut scratch = Scratch {
         stack: BackedVec::new(),
         found: BackedVec::new(),
     };
+
+    // 0. Excused blocks and everything they reach are out of the picture.
     for i in 0..n {
+        let w = white.blocks.as_slice()[i];
+        if !w.excused && excused(w.start) {
+            // SAFETY: per this fn's contract.
+            complete &= unsafe { white.flood(i, Flood::Excused, &mut scratch) };
+        }
+    }
+
+    // 1. Every white block pointed to by another white block is indirect.
+    for i in 0..n {
+        if white.blocks.as_slice()[i].excused {
+            continue;
+        }
         // SAFETY: per this fn's contract.
         complete &= unsafe { white.collect_targets(i, &mut scratch.found) };
         for &j in scratch.found.as_slice() {
@@ -470,23 +571,32 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
     //    unreferenced cycles: promote one block of each to direct.
     for i in 0..n {
         let w = white.blocks.as_slice()[i];
-        if !w.referenced && !w.visited {
+        if !w.excused && !w.referenced && !w.visited {
             // SAFETY: per this fn's contract.
-            complete &= unsafe { white.flood(i, &mut scratch) };
+            complete &= unsafe { white.flood(i, Flood::Visited, &mut scratch) };
         }
     }
     for i in 0..n {
-        if !white.blocks.as_slice()[i].visited {
+        let w = white.blocks.as_slice()[i];
+        if !w.excused && !w.visited {
             white.blocks.as_mut_slice()[i].referenced = false;
             // SAFETY: per this fn's contract.
-            complete &= unsafe { white.flood(i, &mut scratch) };
+            complete &= unsafe { white.flood(i, Flood::Visited, &mut scratch) };
         }
     }
 
+    let mut white_bytes = 0u64;
     for w in white.blocks.as_slice() {
-        out(w.start, w.size, !w.referenced);
+        white_bytes += w.size as u64;
+        if !w.excused {
+            out(w.start, w.size, !w.referenced);
+        }
     }
-    complete
+    Classified {
+        complete,
+        white_blocks: n as u64,
+        white_bytes,
+    }
 }
 
 #[cfg(test)]
@@ -527,20 +637,42 @@ mod tests {
 
         /// Mark from `roots`, classify; returns (start → direct?) of leaks.
         fn check(&self, roots: &[usize]) -> BTreeMap<usize, bool> {
+            self.check_with(roots, &[], &[])
+        }
+
+        /// As `check`, with blocks whose contents are not scanned and
+        /// blocks excused from reporting.
+        fn check_with(
+            &self,
+            roots: &[usize],
+            no_scan: &[usize],
+            excused: &[usize],
+        ) -> BTreeMap<usize, bool> {
             let sizes = &self.sizes;
             let size_of = move |s: usize| sizes[&s];
             self.index.clear_marks();
-            let mut m = Marker::new(&self.index, size_of);
+            let extent = |s: usize| Extent {
+                size: size_of(s),
+                scan: !no_scan.contains(&s),
+            };
+            let mut m = Marker::new(&self.index, extent);
             m.scan_words(roots);
             // SAFETY: the blocks live in self.blocks for the whole call.
             unsafe { m.drain() };
             let mut leaks = BTreeMap::new();
             // SAFETY: as above.
-            assert!(unsafe {
-                classify(&self.index, size_of, |s, _, d| {
-                    leaks.insert(s, d);
-                })
-            });
+            let c = unsafe {
+                classify(
+                    &self.index,
+                    size_of,
+                    |s| excused.contains(&s),
+                    |s, _, d| {
+                        leaks.insert(s, d);
+                    },
+                )
+            };
+            assert!(c.complete);
+            assert!(c.white_blocks >= leaks.len() as u64);
             leaks
         }
     }
@@ -611,6 +743,32 @@ mod tests {
             h.set(array, i, c);
         }
         assert!(h.check(&[array]).is_empty());
+    }
+
+    #[test]
+    fn a_no_scan_block_is_kept_but_its_pointers_do_not_count() {
+        let mut h = Heap::new();
+        let opaque = h.alloc(2);
+        let child = h.alloc(2);
+        h.set(opaque, 0, child);
+        let leaks = h.check_with(&[opaque], &[opaque], &[]);
+        assert_eq!(leaks.into_iter().collect::<Vec<_>>(), vec![(child, true)]);
+    }
+
+    #[test]
+    fn excused_blocks_and_what_they_reach_are_not_reported() {
+        let mut h = Heap::new();
+        let young = h.alloc(2);
+        let old = h.alloc(2);
+        let older = h.alloc(2);
+        let lost = h.alloc(2);
+        h.set(young, 0, old);
+        h.set(old, 1, older);
+        // `lost` points into the excused chain but nothing points to it.
+        h.set(lost, 0, old);
+        let leaks = h.check_with(&[], &[], &[young]);
+        assert_eq!(leaks.into_iter().collect::<Vec<_>>(), vec![(lost, true)]);
+        assert!(h.check_with(&[], &[], &[young, lost]).is_empty());
     }
 
     #[test]

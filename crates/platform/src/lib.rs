@@ -10,6 +10,7 @@
 //!   clocks, process_vm_readv);
 //! - [`modules`]: loaded modules via `dl_iterate_phdr`;
 //! - [`maps`]: the `/proc/self/maps` parser;
+//! - [`net`]: the control socket's server side (peer uid, bounded I/O);
 //! - [`threads`]: stacks, TLS geometry, `pthread_create`, keys, signals;
 //! - [`dirs`]: the report directory's safety check (ours, private, no symlink);
 //! - [`user`]: uid/pid for the CLI.
@@ -18,6 +19,7 @@ pub mod dirs;
 pub mod maps;
 pub mod mem;
 pub mod modules;
+pub mod net;
 pub mod real;
 pub mod sys;
 pub mod threads;

@@ -136,3 +136,19 @@ mod tests {
         assert!(!still);
     }
 }
+
+/// Which pages of `[start, start + 4096 * out.len())` are resident
+/// (`mincore`): bit 0 of `out[i]` for page i. False if the range is not
+/// (entirely) mapped. Lets a scanner skip stack pages never touched
+/// instead of faulting them in.
+pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
+    // SAFETY: mincore writes one byte per page into out, which has exactly
+    // that many; it never touches the range itself.
+    unsafe {
+        libc::mincore(
+            (start & !4095) as *mut libc::c_void,
+            out.len() * 4096,
+            out.as_mut_ptr(),
+        ) == 0
+    }
+}

@@ -192,3 +192,41 @@ pub fn next_symbol(name: &CStr) -> usize {
 pub fn global_symbol(name: &CStr) -> usize {
     dlsym(libc::RTLD_DEFAULT, name) as usize
 }
+
+/// Start a detached thread running `start(arg)` on `stack` (a mapping of
+/// `len` bytes the caller owns), with every signal blocked: signals meant
+/// for the program must never run its handlers on leakscan's thread. The
+/// caller's signal mask is restored before returning.
+///
+/// # Safety
+/// `create` is the real `pthread_create`; `stack` is a writable mapping of
+/// `len` bytes, 16-aligned, that stays mapped for the thread's lifetime.
+pub unsafe fn spawn_internal(
+    create: PthreadCreate,
+    stack: *mut u8,
+    len: usize,
+    start: StartRoutine,
+    arg: *mut c_void,
+) -> bool {
+    // SAFETY: attr and the signal sets are initialised before use; the
+    // stack contract is the caller's.
+    unsafe {
+        let mut attr: pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        let mut ok = libc::pthread_attr_setstack(&mut attr, stack as *mut c_void, len) == 0
+            && libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED) == 0;
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        if ok {
+            let mut thread: pthread_t = 0;
+            ok = create(&mut thread, &attr, start, arg) == 0;
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        ok
+    }
+}

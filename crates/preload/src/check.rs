@@ -1,52 +1,84 @@
-//! The exact leak check: stop the world, mark from every root, classify.
+//! The leak check: mark from every root, classify what stays white.
+//!
+//! Two modes share one pipeline:
+//!
+//! - **exact** ([`Mode::Exact`]: the exit check, `__lsan_do_leak_check`):
+//!   the other threads are stopped, so their registers are roots and
+//!   nothing moves; every white block is a leak.
+//! - **live** ([`Mode::Live`]: periodic and requested scans by the scanner
+//!   thread, kmemleak-style): nothing is stopped and the program keeps
+//!   allocating, freeing and moving pointers. This pass only reports
+//!   *candidates*; the scanner confirms them over two scans (see
+//!   `scanner.rs`).
 //!
 //! ## Pipeline
 //!
-//! 1. take the loader lock (run inside a `dl_iterate_phdr` callback) so no
-//!    module comes or goes and no stopped thread can be holding it;
-//! 2. defer frees ([`quarantine`]), then stop every other registered thread
-//!    ([`stop`]); threads that cannot be stopped keep running, and blocks
-//!    they allocate meanwhile are never reported;
+//! 1. exact: take the loader lock (run inside a `dl_iterate_phdr` callback)
+//!    so no module comes or goes and no stopped thread can be holding it;
+//!    live: copy the list of writable module segments under the lock and
+//!    release it at once (dlopen/dlclose never wait for a scan);
+//! 2. defer frees ([`quarantine`]); exact: stop every other registered
+//!    thread ([`stop`]);
 //! 3. roots, graying every block a word points into:
 //!    - writable segments of every module except libleakscan itself;
-//!    - every thread: saved registers, its stack from the stack pointer up,
-//!      its static TLS and TCB (DTV and dynamic TLS are heap blocks
-//!      reachable from there); threads that could not be stopped and fork
-//!      ghosts are scanned whole;
+//!    - every thread: its stack and its static TLS and TCB; exact: also its
+//!      saved registers, and the stack only from its stack pointer up;
+//!      live: the whole stack, minus pages never touched;
+//!    - regions registered with `__lsan_register_root_region`;
 //!    - memory the program mapped itself: anonymous writable mappings,
 //!      minus leakscan's own mappings, thread stacks (live and dead), glibc
 //!      arena heaps and the chunks of live blocks (malloc's memory is
 //!      reached through the blocks themselves, never as a root);
-//! 4. scan gray blocks until none is left;
-//! 5. classify what stayed white into direct and indirect leaks;
-//! 6. resume the threads and stop deferring frees (the blocks already
-//!    deferred stay allocated: the process is ending).
+//! 4. scan gray blocks until none is left (blocks marked `no_scan` are
+//!    marked but not scanned);
+//! 5. classify what stayed white into direct and indirect leaks, excusing
+//!    blocks allocated while the check ran (kmemleak: they count as
+//!    referenced), blocks annotated as not leaks, what the caller excuses,
+//!    and everything those reach;
+//! 6. exact: resume the threads; stop deferring frees and release the
+//!    deferred blocks (not at exit: the process is ending).
 //!
-//! Between 2 and 6 other threads may hold glibc's malloc locks, so nothing
-//! here allocates from the heap: buffers are leakscan's own mappings
-//! ([`ScratchVec`], [`mem::map`]). Memory that another (unregistered) thread
-//! could unmap meanwhile is copied with `process_vm_readv`, which reports a
-//! vanished page instead of faulting.
+//! In exact mode other threads may hold glibc's malloc locks between 2 and
+//! 6, so nothing here allocates from the heap: buffers are leakscan's own
+//! mappings ([`ScratchVec`], [`mem::map`]). Memory that another thread
+//! could unmap meanwhile (stacks, dlclose'd segments, registered regions)
+//! is copied with `process_vm_readv`, which reports a vanished page
+//! instead of faulting. Heap blocks are read in place: the quarantine keeps
+//! every block the scan may read allocated until it ends.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use leakscan_core::backing::BackedVec;
-use leakscan_core::scan::{classify, Marker};
+use leakscan_core::scan::{classify, Extent, Marker};
 use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
+use crate::annotations;
 use crate::guard::Guard;
 use crate::quarantine;
 use crate::state::{INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, GHOST, LIVE, SLOTS};
-use crate::trailer;
+use crate::trailer::{self, Trailer};
 
 /// A growable buffer in leakscan's own mappings: usable while other threads
 /// are stopped holding malloc's locks.
 pub type ScratchVec<T> = BackedVec<T, MmapBacking>;
 
-/// One leaked block, as found by the check.
+/// How a check runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Stop the world. `caller_sp`: the stack pointer of leakscan's entry
+    /// point; the calling thread's stack is scanned from there up, so the
+    /// check's own frames are never roots (I3). `exiting`: the process is
+    /// ending (deferred frees are not released).
+    Exact { caller_sp: usize, exiting: bool },
+    /// Concurrent, from the scanner thread. Gives up if the quarantine
+    /// grows past `quarantine_budget` bytes.
+    Live { quarantine_budget: usize },
+}
+
+/// One unreferenced block, as found by the check.
 #[derive(Debug, Clone, Copy)]
 pub struct LeakRecord {
     pub start: usize,
@@ -54,6 +86,9 @@ pub struct LeakRecord {
     pub direct: bool,
     pub stack: u32,
     pub tick: u32,
+    /// Hash of the block's contents (live mode only; 0 otherwise): a block
+    /// whose contents changed between two scans is in use.
+    pub checksum: u64,
 }
 
 pub struct CheckResult {
@@ -62,10 +97,16 @@ pub struct CheckResult {
     pub live_bytes: u64,
     pub scanned_bytes: u64,
     pub duration_ns: u64,
-    /// False if leakscan ran out of its own memory mid-check; the leak list
-    /// is then not trustworthy and is not reported.
+    /// Blocks and bytes freed during the check and held back until it ended.
+    pub quarantined: (usize, usize),
+    /// False if leakscan ran out of its own memory mid-check, or a live
+    /// check gave up; the leak list is then not trustworthy.
     pub complete: bool,
 }
+
+/// Set when the process starts to exit: a live scan in progress gives up
+/// so the exact check can start.
+pub static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// glibc's non-main arenas live in heaps of this size, aligned to it.
 const HEAP_MAX: usize = 64 << 20;
@@ -75,15 +116,23 @@ const PAGE: usize = 4096;
 const RED_ZONE: usize = 128;
 const COPY_BUF: usize = 256 * 1024;
 
-type SizeOf = fn(usize) -> usize;
+type ExtentOf = fn(usize) -> Extent;
 
 fn block_size(start: usize) -> usize {
     live_trailer(start).size
 }
 
-fn live_trailer(start: usize) -> trailer::Trailer {
-    // SAFETY: only called for blocks the index holds, which are live while
-    // the world is stopped.
+fn block_extent(start: usize) -> Extent {
+    let t = live_trailer(start);
+    Extent {
+        size: t.size,
+        scan: t.flags & trailer::NO_SCAN == 0,
+    }
+}
+
+fn live_trailer(start: usize) -> Trailer {
+    // SAFETY: only called for blocks the index holds; the quarantine keeps
+    // them allocated for the duration of a check.
     unsafe { trailer::read(start) }
 }
 
@@ -119,11 +168,10 @@ impl Drop for Scratch {
     }
 }
 
-/// Run the exact check. Other threads are stopped for its duration.
-/// `caller_sp` is the stack pointer of leakscan's entry point (the exit
-/// hook): the calling thread's stack is scanned from there up, so the
-/// check's own frames are never roots (I3).
-pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
+/// Run a check. `excused(start, trailer)` names white blocks the caller
+/// does not want reported (on top of those allocated during the check and
+/// those annotated as not leaks). The caller holds the scan lock.
+pub fn run(g: &Guard, mode: Mode, excused: &dyn Fn(usize, &Trailer) -> bool) -> CheckResult {
     let started = sys::monotonic_ns();
     let mut result = CheckResult {
         leaks: ScratchVec::new(),
@@ -131,98 +179,145 @@ pub fn exact_check(g: &Guard, caller_sp: usize) -> CheckResult {
         live_bytes: 0,
         scanned_bytes: 0,
         duration_ns: 0,
+        quarantined: (0, 0),
         complete: false,
     };
     let Some(mut scratch) = Scratch::new() else {
         return result;
     };
-    let mut ran = false;
-    modules::for_each_module(|_| {
-        ran = true;
-        check_locked(g, caller_sp, &mut scratch, &mut result);
-        false
-    });
-    if !ran {
-        check_locked(g, caller_sp, &mut scratch, &mut result);
+    match mode {
+        Mode::Exact { .. } => {
+            let mut ran = false;
+            modules::for_each_module(|_| {
+                ran = true;
+                check_locked(g, mode, excused, &mut scratch, &mut result);
+                false
+            });
+            if !ran {
+                check_locked(g, mode, excused, &mut scratch, &mut result);
+            }
+        }
+        Mode::Live { .. } => check_locked(g, mode, excused, &mut scratch, &mut result),
     }
-    quarantine::end();
+    result.quarantined = quarantine::deferred();
+    quarantine::end(!matches!(mode, Mode::Exact { exiting: true, .. }));
     result.duration_ns = sys::monotonic_ns() - started;
     result
 }
 
-fn check_locked(g: &Guard, caller_sp: usize, scratch: &mut Scratch, result: &mut CheckResult) {
+/// Writable segments of every module but ours, as (start, end).
+fn module_segments() -> ScratchVec<(usize, usize, bool)> {
+    let own = OWN_BASE.load(Ordering::Relaxed);
+    let mut out = ScratchVec::new();
+    modules::for_each_module(|m| {
+        for seg in m.segments() {
+            if m.base == own || seg.writable {
+                let _ = out.push((seg.start, seg.end, m.base != own));
+            }
+        }
+        true
+    });
+    out
+}
+
+fn check_locked(
+    g: &Guard,
+    mode: Mode,
+    excused: &dyn Fn(usize, &Trailer) -> bool,
+    scratch: &mut Scratch,
+    result: &mut CheckResult,
+) {
     let generation = SCAN_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1) as u16;
+    // Live mode: the module list is taken first, under the loader lock
+    // and without the quarantine, so dlopen never waits on a scan.
+    let segments = module_segments();
+    let regions = annotations::root_regions();
     quarantine::begin();
-    let (stop, all_stopped) = stop::stop_others(g);
+    let stop = match mode {
+        Mode::Exact { .. } => Some(stop::stop_others(g)),
+        Mode::Live { .. } => None,
+    };
     INDEX.clear_marks();
-    let mut marker = Marker::new(&INDEX, block_size as SizeOf);
+    let mut marker = Marker::new(&INDEX, block_extent as ExtentOf);
     let mut roots = Roots {
         marker: &mut marker,
         // SAFETY: `copy` is our own mapping of COPY_BUF bytes, page-aligned.
         copy: unsafe { core::slice::from_raw_parts_mut(scratch.copy as *mut usize, COPY_BUF / 8) },
         excluded: &mut scratch.excluded,
     };
-    roots.globals();
-    roots.threads(stop, caller_sp);
+    roots.globals(segments.as_slice(), mode);
+    match (mode, stop) {
+        (Mode::Exact { caller_sp, .. }, Some((stop, _))) => roots.threads_stopped(stop, caller_sp),
+        _ => roots.threads_running(),
+    }
+    roots.registered_regions(regions.as_slice());
     roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
-    // SAFETY: stopped threads cannot free, and frees by the others are
-    // deferred by the quarantine: tracked blocks stay mapped.
-    unsafe { marker.drain() };
-    if !all_stopped {
-        gray_new_blocks(&mut marker, generation);
-    }
+    let drained = match mode {
+        // SAFETY: stopped threads cannot free, and frees by the others are
+        // deferred by the quarantine: tracked blocks stay mapped.
+        Mode::Exact { .. } => unsafe { marker.drain_until(|| false) },
+        // SAFETY: as above; every free is deferred.
+        Mode::Live { quarantine_budget } => unsafe {
+            marker.drain_until(|| {
+                EXITING.load(Ordering::Relaxed) || quarantine::deferred().1 > quarantine_budget
+            })
+        },
+    };
+    let live = matches!(mode, Mode::Live { .. });
     let mut recorded_all = true;
+    let is_excused = |start: usize| {
+        let t = live_trailer(start);
+        t.generation == generation || t.flags & trailer::NOT_LEAK != 0 || excused(start, &t)
+    };
     // SAFETY: as above.
     let classified = unsafe {
-        classify(&INDEX, block_size as SizeOf, |start, size, direct| {
+        classify(&INDEX, block_size, is_excused, |start, size, direct| {
             let t = live_trailer(start);
-            if t.generation == generation {
-                return; // allocated while we ran: never a leak
-            }
             recorded_all &= result.leaks.push(LeakRecord {
                 start,
                 size,
                 direct,
                 stack: t.stack,
                 tick: t.tick,
+                // The block stays allocated (quarantine), as the enclosing
+                // SAFETY line says.
+                checksum: if live { checksum(start, size) } else { 0 },
             });
         })
     };
-    let complete = maps_ok && !marker.overflowed() && classified && recorded_all;
-    // Live = reached + leaked: no second pass over every block's trailer.
+    let complete =
+        drained && maps_ok && !marker.overflowed() && classified.complete && recorded_all;
     let (reached, reached_bytes) = marker.marked();
-    result.live_blocks = reached + result.leaks.len() as u64;
-    result.live_bytes = reached_bytes
-        + result
-            .leaks
-            .as_slice()
-            .iter()
-            .map(|l| l.size as u64)
-            .sum::<u64>();
+    result.live_blocks = reached + classified.white_blocks;
+    result.live_bytes = reached_bytes + classified.white_bytes;
     result.scanned_bytes = marker.scanned_bytes();
     result.complete = complete;
-    stop::resume_others(stop);
+    if let Some((stop, _)) = stop {
+        stop::resume_others(stop);
+    }
 }
 
-/// Threads that could not be stopped kept allocating: blocks allocated
-/// while the check ran count as referenced (kmemleak's rule), and so does
-/// whatever they point to (a pointer may have moved into a new block).
+/// A fast hash of a block's contents (FNV-style over 64-bit words, with a
+/// final mix): only equality between two scans matters.
 ///
-/// One pass: a thread that keeps allocating would otherwise keep the check
-/// going; what it allocates after the pass is still never reported.
-fn gray_new_blocks(marker: &mut Marker<'_, MmapBacking, SizeOf>, generation: u16) {
-    INDEX.for_each_block(|start| {
-        if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
-            marker.gray_block(start);
-        }
-    });
-    // SAFETY: as in check_locked.
-    unsafe { marker.drain() };
+/// # Safety
+/// `[start, start + size)` is readable.
+unsafe fn checksum(start: usize, size: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ size as u64;
+    // SAFETY: forwarded contract; the words are read atomically because the
+    // program may be writing them.
+    let words = unsafe {
+        core::slice::from_raw_parts(start as *const core::sync::atomic::AtomicUsize, size / 8)
+    };
+    for w in words {
+        h = (h ^ w.load(Ordering::Relaxed) as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ (h >> 29)
 }
 
 struct Roots<'a, 'm> {
-    marker: &'a mut Marker<'m, MmapBacking, SizeOf>,
+    marker: &'a mut Marker<'m, MmapBacking, ExtentOf>,
     copy: &'a mut [usize],
     /// Ranges that are not the program's own mappings, or that were already
     /// scanned: subtracted from the anonymous mappings.
@@ -230,28 +325,35 @@ struct Roots<'a, 'm> {
 }
 
 impl Roots<'_, '_> {
-    /// Writable segments of every module but ours, read in place: the loader
-    /// lock is held, so none can be unmapped.
-    fn globals(&mut self) {
-        let own = OWN_BASE.load(Ordering::Relaxed);
-        let (marker, excluded) = (&mut *self.marker, &mut *self.excluded);
-        modules::for_each_module(|m| {
-            for seg in m.segments() {
-                if m.base == own {
-                    excluded.push((seg.start, seg.end));
-                } else if seg.writable {
-                    excluded.push((seg.start, seg.end));
-                    // SAFETY: PT_LOAD segments of a loaded module are mapped
-                    // and readable while the loader lock is held.
-                    unsafe { marker.scan_range(seg.start, seg.end - seg.start) };
-                }
+    /// Writable segments of every module but ours. Exact mode holds the
+    /// loader lock, so they are read in place; live mode copies them (a
+    /// module may be dlclose'd mid-scan).
+    fn globals(&mut self, segments: &[(usize, usize, bool)], mode: Mode) {
+        for &(start, end, scan) in segments {
+            self.excluded.push((start, end));
+            if !scan {
+                continue;
             }
-            true
-        });
+            match mode {
+                // SAFETY: PT_LOAD segments of a loaded module are mapped
+                // and readable while the loader lock is held.
+                Mode::Exact { .. } => unsafe { self.marker.scan_range(start, end - start) },
+                Mode::Live { .. } => self.copied(start, end),
+            }
+        }
     }
 
-    /// Every registered thread: registers, stack, static TLS and TCB.
-    fn threads(&mut self, stop: u32, caller_sp: usize) {
+    /// Regions registered with `__lsan_register_root_region` (the program
+    /// may unmap one at any time: copied).
+    fn registered_regions(&mut self, regions: &[(usize, usize)]) {
+        for &(lo, hi) in regions {
+            self.copied(lo, hi);
+        }
+    }
+
+    /// Every registered thread of a stopped world: registers, stack from
+    /// the saved stack pointer up, static TLS and TCB.
+    fn threads_stopped(&mut self, stop: u32, caller_sp: usize) {
         let me = sys::gettid();
         let tls = threads::tls_geometry();
         for slot in &SLOTS {
@@ -293,6 +395,38 @@ impl Roots<'_, '_> {
                 self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
             }
         }
+        self.dead_threads();
+    }
+
+    /// Every registered thread of a running world: its whole stack (minus
+    /// pages never touched), static TLS and TCB. Registers are not known;
+    /// the two-scan rule covers pointers that live only in them for a
+    /// moment.
+    fn threads_running(&mut self) {
+        let tls = threads::tls_geometry();
+        for slot in &SLOTS {
+            let state = slot.state.load(Ordering::Acquire);
+            if state != LIVE && state != GHOST {
+                continue;
+            }
+            let (lo, hi) = (
+                slot.stack_lo.load(Ordering::Relaxed),
+                slot.stack_hi.load(Ordering::Relaxed),
+            );
+            self.excluded.push((lo, hi));
+            self.resident(lo, hi);
+            if let Some((tls_size, tcb_size)) = tls {
+                let tp = slot.tp.load(Ordering::Relaxed);
+                self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
+            }
+        }
+        self.dead_threads();
+    }
+
+    /// Exited threads: their stacks are excluded (stale frames), their TCBs
+    /// are roots (glibc reuses the DTV).
+    fn dead_threads(&mut self) {
+        let tls = threads::tls_geometry();
         let mut dead = ScratchVec::<(usize, usize, usize)>::new();
         threads::for_each_dead_stack(|lo, hi, tp| {
             dead.push((lo, hi, tp));
@@ -302,6 +436,37 @@ impl Roots<'_, '_> {
             if let Some((_, tcb_size)) = tls {
                 self.copied(tp, tp + tcb_size);
             }
+        }
+    }
+
+    /// Scan the resident pages of `[lo, hi)` through copies: a stack's
+    /// untouched pages hold nothing, and reading them would fault them in.
+    fn resident(&mut self, lo: usize, hi: usize) {
+        const BATCH: usize = 256;
+        let mut page = lo & !(PAGE - 1);
+        let mut flags = [0u8; BATCH];
+        while page < hi {
+            let n = ((hi - page).div_ceil(PAGE)).min(BATCH);
+            if !mem::resident_pages(page, &mut flags[..n]) {
+                self.copied(page.max(lo), (page + n * PAGE).min(hi));
+                page += n * PAGE;
+                continue;
+            }
+            let mut i = 0;
+            while i < n {
+                if flags[i] & 1 == 0 {
+                    i += 1;
+                    continue;
+                }
+                let run_start = i;
+                while i < n && flags[i] & 1 != 0 {
+                    i += 1;
+                }
+                let from = (page + run_start * PAGE).max(lo);
+                let to = (page + i * PAGE).min(hi);
+                self.copied(from, to);
+            }
+            page += n * PAGE;
         }
     }
 

@@ -24,6 +24,9 @@ pub struct ThreadState {
     stack_hi: Cell<usize>,
     /// Index + 1 of this thread's registry slot, 0 if none.
     slot: Cell<usize>,
+    /// Depth of `__lsan_disable` calls: while positive, what this thread
+    /// allocates is never reported.
+    ignore_depth: Cell<u32>,
     /// Direct-mapped cache of recent stacks: (hash, depot id). Most
     /// allocations repeat a stack the thread used moments ago; this skips
     /// the shared depot table for them.
@@ -39,6 +42,7 @@ thread_local! {
             stack_lo: Cell::new(0),
             stack_hi: Cell::new(0),
             slot: Cell::new(0),
+            ignore_depth: Cell::new(0),
             stacks: [const { Cell::new((0, 0)) }; STACK_CACHE],
         }
     };
@@ -119,6 +123,12 @@ impl Guard {
         s.slot.set(slot + 1);
     }
 
+    /// Whether this thread is between `__lsan_disable` and `__lsan_enable`.
+    #[inline(always)]
+    pub fn ignoring_allocations(&self) -> bool {
+        self.state().ignore_depth.get() != 0
+    }
+
     /// The depot id cached for a stack hash, if any.
     #[inline(always)]
     pub fn cached_stack(&self, hash: u64) -> Option<u32> {
@@ -138,6 +148,21 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.state().busy.set(self.was_busy);
     }
+}
+
+/// `__lsan_disable` (`delta` = 1) and `__lsan_enable` (-1). Returns false
+/// for an enable without a matching disable (the depth stays 0).
+pub fn change_ignore_depth(delta: i32) -> bool {
+    STATE.with(|s| {
+        let d = s.ignore_depth.get();
+        match d.checked_add_signed(delta) {
+            Some(n) => {
+                s.ignore_depth.set(n);
+                true
+            }
+            None => false,
+        }
+    })
 }
 
 /// This thread's registry slot (async-signal-safe: a plain TLS read).

@@ -35,8 +35,13 @@ fn record(g: &Guard, p: *mut u8, size: usize) -> *mut c_void {
     let stack = stack::capture(g);
     let tick = sys::coarse_ms() as u32;
     let generation = SCAN_GEN.load(Ordering::Relaxed) as u16;
+    let flags = if g.ignoring_allocations() {
+        trailer::NOT_LEAK
+    } else {
+        0
+    };
     // SAFETY: p is a fresh glibc block of at least size + TRAILER bytes.
-    unsafe { trailer::write(p as usize, size, stack, tick, generation) };
+    unsafe { trailer::write(p as usize, size, stack, tick, generation, flags) };
     match INDEX.insert(p as usize, size) {
         Ok(()) | Err(InsertError::OutOfRange) => {}
         Err(InsertError::NoMemory) => disable_tracking("out of memory for the block index"),

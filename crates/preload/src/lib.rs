@@ -31,6 +31,7 @@
 // harness does not interpose its own malloc), which leaves them unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod annotations;
 mod check;
 mod cxx;
 mod guard;
@@ -38,6 +39,7 @@ mod hooks;
 mod own_heap;
 mod quarantine;
 mod report;
+mod scanner;
 mod stack;
 mod state;
 mod stop;
@@ -130,6 +132,7 @@ extern "C" fn init() {
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);
+    scanner::start(&g);
 }
 
 /// Whether the process's `malloc` is our hook: the global definition lies
@@ -147,25 +150,76 @@ fn malloc_is_ours() -> bool {
 
 unsafe extern "C" fn in_fork_child() {
     threads::after_fork_in_child();
+    quarantine::after_fork_in_child();
+    annotations::after_fork_in_child();
+    state::SCAN_LOCK.reset();
+    if let Some(g) = Guard::enter() {
+        scanner::after_fork_in_child(&g);
+    }
+}
+
+/// Why an exact check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `exit()` or return from main.
+    Exit,
+    /// `__lsan_do_leak_check`: as at exit, but the process goes on.
+    Final,
+    /// `__lsan_do_recoverable_leak_check`.
+    Recoverable,
 }
 
 /// The exact check at `exit()` (and return from main).
 extern "C" fn at_exit() {
     let entry_sp = leakscan_platform::threads::stack_pointer();
-    let g = Guard::enter_reentrant();
-    let opts = options();
-    if !opts.leak_check_at_exit || !ENABLED.load(Ordering::Acquire) {
+    check::EXITING.store(true, Ordering::Release);
+    scanner::shut_down();
+    if annotations::FINAL_CHECK_DONE.swap(true, Ordering::AcqRel) {
         return;
     }
-    let result = check::exact_check(&g, entry_sp);
+    checked_report(entry_sp, CheckKind::Exit);
+}
+
+/// Run an exact check from a program thread, write the report and say so
+/// on stderr; apply `exitcode` for the exit and final checks. Returns the
+/// number of leaked blocks found.
+pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
+    let g = Guard::enter_reentrant();
+    let opts = options();
+    let wanted = match kind {
+        CheckKind::Exit => opts.leak_check_at_exit,
+        CheckKind::Final | CheckKind::Recoverable => true,
+    };
+    if !wanted || !ENABLED.load(Ordering::Acquire) {
+        return 0;
+    }
+    let exiting = kind == CheckKind::Exit;
+    let lock = state::SCAN_LOCK.lock();
+    let result = check::run(
+        &g,
+        check::Mode::Exact {
+            caller_sp: entry_sp,
+            exiting,
+        },
+        &|_, _| false,
+    );
+    state::SCANS.fetch_add(1, Ordering::Relaxed);
+    state::SCAN_NS_TOTAL.fetch_add(result.duration_ns, Ordering::Relaxed);
+    drop(lock);
     if !result.complete {
         sys::write_all(
             2,
             b"leakscan: the leak check ran out of memory; no report written\n",
         );
-        return;
+        return 0;
     }
-    let report = report::build(&result, Trigger::Exit, 1, opts.max_objects, opts.symbolize);
+    let trigger = if exiting {
+        Trigger::Exit
+    } else {
+        Trigger::Request
+    };
+    let number = state::SCANS.load(Ordering::Relaxed);
+    let report = report::build(&result, trigger, number, opts.max_objects, opts.symbolize);
     let dir = writer::report_dir(opts.report_dir.as_deref());
     let written = writer::write_report(&dir, report.process.pid, &report.to_json());
     let leaked = report.summary.leaked_blocks;
@@ -188,8 +242,10 @@ extern "C" fn at_exit() {
         ),
         Ok(_) => {}
     }
-    if leaked > 0 && opts.exitcode != 0 {
+    if leaked > 0 && opts.exitcode != 0 && kind != CheckKind::Recoverable {
+        scanner::shut_down();
         sys::flush_stdio();
         sys::exit_now(opts.exitcode);
     }
+    leaked
 }

@@ -6,10 +6,10 @@
 //! free a block the scanner is reading, and glibc may then unmap it (an
 //! mmapped chunk, a trimmed heap): a fault. So while a scan is active, `free`
 //! and `realloc` unlink the block from the index as usual but push it on a
-//! lock-free list instead of calling glibc. (Today the only scan is the
-//! exit check, after which the list is simply left to the ending process;
-//! see [`end`].) Kernel-side the idea is kfree_rcu: free after a grace
-//! period, with no per-type callback.
+//! lock-free list instead of calling glibc. When the scan has moved on,
+//! [`end`] takes the list and gives its blocks back to glibc (the exit check
+//! leaves them to the ending process). Kernel-side the idea is kfree_rcu:
+//! free after a grace period, with no per-type callback.
 //!
 //! ## The handshake (an asymmetric fence)
 //!
@@ -33,12 +33,15 @@
 //! SeqCst fence instead. Threads without a registry slot use one shared
 //! counter (they are rare: registration happens in `pthread_create`).
 //!
-//! The list links blocks through their first word; the blocks are ours
-//! for good (unlinked from the index, never given back to glibc).
+//! The list links blocks through their first word. A free that saw ACTIVE
+//! just before [`end`] cleared it may push after `end` took the list: its
+//! block simply waits in the next list (released by the next scan's end),
+//! which is harmless; no block is ever released while a scan that could
+//! read it is running, because `end` only runs once the reading is over.
 
 use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize, Ordering};
 
-use leakscan_platform::sys;
+use leakscan_platform::{real, sys};
 
 use crate::guard;
 use crate::threads::{Slot, LIVE, SLOTS};
@@ -47,6 +50,10 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Head of the list of deferred blocks (0 = empty).
 static HEAD: AtomicUsize = AtomicUsize::new(0);
 static UNREGISTERED_IN_FREE: AtomicUsize = AtomicUsize::new(0);
+/// Blocks and bytes deferred since the last [`begin`]: a scan that lets
+/// the quarantine grow past its budget gives up early (see `over_budget`).
+static DEFERRED_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static DEFERRED_BYTES: AtomicUsize = AtomicUsize::new(0);
 static MEMBARRIER: AtomicBool = AtomicBool::new(false);
 
 /// Register for membarrier (constructor).
@@ -94,6 +101,9 @@ pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
 /// `p` is a live glibc block with at least 8 usable bytes that nobody else
 /// will use or free.
 pub unsafe fn defer(p: *mut u8) {
+    DEFERRED_BLOCKS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: p is a live glibc block.
+    DEFERRED_BYTES.fetch_add(unsafe { real::usable_size(p) }, Ordering::Relaxed);
     let mut head = HEAD.load(Ordering::Relaxed);
     loop {
         // SAFETY: p is ours and has room for the link.
@@ -113,6 +123,8 @@ const GRACE_TIMEOUT_NS: u64 = 2_000_000_000;
 /// Start deferring frees, and wait until no free that missed the switch is
 /// still running. Call before reading any block in place.
 pub fn begin() {
+    DEFERRED_BLOCKS.store(0, Ordering::Relaxed);
+    DEFERRED_BYTES.store(0, Ordering::Relaxed);
     ACTIVE.store(true, Ordering::SeqCst);
     if !(MEMBARRIER.load(Ordering::Relaxed) && sys::membarrier()) {
         fence(Ordering::SeqCst);
@@ -138,23 +150,52 @@ pub fn begin() {
     waiting(&|| UNREGISTERED_IN_FREE.load(Ordering::Acquire) != 0);
 }
 
-/// Call `f(p)` for every block deferred so far. Blocks are never removed
-/// from the list, so the walk is safe while other threads keep pushing (it
-/// just misses blocks pushed after it started).
+/// Call `f(p)` for every block deferred so far. Only [`end`] removes
+/// blocks from the list, and it never runs during a scan, so the walk is
+/// safe while other threads keep pushing (it just misses blocks pushed
+/// after it started).
 pub fn for_each_deferred(mut f: impl FnMut(usize)) {
     let mut p = HEAD.load(Ordering::Acquire);
     while p != 0 {
         f(p);
         // SAFETY: a listed block holds its link in its first word and stays
-        // listed (and live) for good.
+        // listed (and live) until `end`, which the caller does not overlap.
         p = unsafe { (p as *const usize).read() };
     }
 }
 
-/// Stop deferring. The deferred blocks are not given back: the only scan so
-/// far is the exit check, the process is ending, and freeing thousands of
-/// blocks into arenas that still-running threads hammer would only delay
-/// it. (A scan in a live process must release them here.)
-pub fn end() {
+/// Blocks and bytes deferred since [`begin`].
+pub fn deferred() -> (usize, usize) {
+    (
+        DEFERRED_BLOCKS.load(Ordering::Relaxed),
+        DEFERRED_BYTES.load(Ordering::Relaxed),
+    )
+}
+
+/// Stop deferring, and with `release` give every deferred block back to
+/// glibc. Call only once nothing reads tracked blocks in place any more.
+/// The exit check passes `release = false`: the process is ending, and
+/// freeing thousands of blocks into arenas that still-running threads
+/// hammer would only delay it.
+pub fn end(release: bool) {
     ACTIVE.store(false, Ordering::SeqCst);
+    if !release {
+        return;
+    }
+    let mut p = HEAD.swap(0, Ordering::AcqRel);
+    while p != 0 {
+        // SAFETY: a listed block holds its link in its first word; taking
+        // the list made its blocks ours alone.
+        let next = unsafe { (p as *const usize).read() };
+        // SAFETY: a deferred block is a live glibc block nobody else uses.
+        unsafe { real::free(p as *mut u8) };
+        p = next;
+    }
+}
+
+/// In a fork child: a scan that was running in the parent is not running
+/// here. The list stays (its blocks are valid) and goes at the next end.
+pub fn after_fork_in_child() {
+    ACTIVE.store(false, Ordering::SeqCst);
+    UNREGISTERED_IN_FREE.store(0, Ordering::Relaxed);
 }

@@ -89,6 +89,21 @@ fn describe_frame(ip: usize, modules: &[ModuleInfo], symbolize: bool) -> Vec<Fra
     frames
 }
 
+/// This process, as a report names it.
+pub fn process_info() -> Process {
+    process(exe_path())
+}
+
+/// The frames of depot stack `id`, described (and symbolized if asked).
+pub fn stack_frames(id: u32, symbolize: bool) -> Vec<Frame> {
+    let modules = snapshot_modules(&exe_path());
+    DEPOT
+        .frames(id)
+        .into_iter()
+        .flat_map(|ip| describe_frame(ip, &modules, symbolize))
+        .collect()
+}
+
 fn process(exe: String) -> Process {
     let argv = sys::read_file("/proc/self/cmdline")
         .map(|raw| {

@@ -48,3 +48,44 @@ pub fn disable_tracking(why: &str) {
         sys::write_all(2, b"; leak tracking is off for the rest of this process\n");
     }
 }
+
+/// One check at a time: the periodic scanner, the control socket's
+/// requests, `__lsan_do_*leak_check` and the exit check all clear and set
+/// the same mark bits. A futex word (0 free, 1 held) rather than a std
+/// mutex so a fork child can simply reset it: the holder may be a thread
+/// that does not exist there.
+pub struct ScanLock(core::sync::atomic::AtomicU32);
+
+pub static SCAN_LOCK: ScanLock = ScanLock(core::sync::atomic::AtomicU32::new(0));
+
+/// Holding the scan lock.
+pub struct ScanLockHeld(());
+
+impl ScanLock {
+    pub fn lock(&self) -> ScanLockHeld {
+        while self
+            .0
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            sys::futex_wait(&self.0, 1, 100);
+        }
+        ScanLockHeld(())
+    }
+
+    /// In a fork child: whoever held it is gone.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for ScanLockHeld {
+    fn drop(&mut self) {
+        SCAN_LOCK.0.store(0, Ordering::Release);
+        sys::futex_wake_all(&SCAN_LOCK.0);
+    }
+}
+
+/// Checks run so far (every kind), and their total time.
+pub static SCANS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+pub static SCAN_NS_TOTAL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

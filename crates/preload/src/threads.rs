@@ -122,6 +122,11 @@ fn resolve_create() -> Option<PthreadCreate> {
     Some(unsafe { core::mem::transmute::<usize, PthreadCreate>(f) })
 }
 
+/// The real `pthread_create` (resolved by [`init`]).
+pub fn real_create() -> Option<PthreadCreate> {
+    resolve_create()
+}
+
 /// Register the calling thread (call with the guard held: allocates).
 pub fn register_current(g: &Guard) {
     let Some(bounds) = pt::current_stack_bounds() else {
