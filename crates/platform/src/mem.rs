@@ -119,6 +119,22 @@ impl Backing for MmapBacking {
     }
 }
 
+/// Which pages of `[start, start + 4096 * out.len())` are resident
+/// (`mincore`): bit 0 of `out[i]` for page i. False if the range is not
+/// (entirely) mapped. Lets a scanner skip stack pages never touched
+/// instead of faulting them in.
+pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
+    // SAFETY: mincore writes one byte per page into out, which has exactly
+    // that many; it never touches the range itself.
+    unsafe {
+        libc::mincore(
+            (start & !4095) as *mut libc::c_void,
+            out.len() * 4096,
+            out.as_mut_ptr(),
+        ) == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,21 +150,5 @@ mod tests {
         let mut still = false;
         for_each_own_mapping(|s, _| still |= s == p.as_ptr() as usize);
         assert!(!still);
-    }
-}
-
-/// Which pages of `[start, start + 4096 * out.len())` are resident
-/// (`mincore`): bit 0 of `out[i]` for page i. False if the range is not
-/// (entirely) mapped. Lets a scanner skip stack pages never touched
-/// instead of faulting them in.
-pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
-    // SAFETY: mincore writes one byte per page into out, which has exactly
-    // that many; it never touches the range itself.
-    unsafe {
-        libc::mincore(
-            (start & !4095) as *mut libc::c_void,
-            out.len() * 4096,
-            out.as_mut_ptr(),
-        ) == 0
     }
 }
