@@ -29,6 +29,73 @@ pub enum Command {
     Run(RunArgs),
     /// Render one report file written by the agent (JSON by default).
     Report(ReportArgs),
+    /// Ask a running process (started with libleakscan.so) to scan now and
+    /// print its report: the leaks it has made so far.
+    Scan(ScanArgs),
+    /// Forget what a running process reports now (kmemleak's `clear`): those
+    /// blocks are never reported again; only new leaks are.
+    Clear(PidArgs),
+    /// Describe the block of a running process that contains ADDR: size,
+    /// age, allocation stack, and whether the last scan found it referenced.
+    Dump(DumpArgs),
+    /// A running process's counters: live blocks and bytes, scans, scan
+    /// time, quarantine size.
+    Stats(PidArgs),
+    /// List the processes running with libleakscan.so (from the control
+    /// sockets in the report directory; stale ones are removed).
+    Ps(PsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PidArgs {
+    /// Process id.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Process id.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+    /// Report blocks older than this many seconds (default: the process's
+    /// min_age, 5 s unless set).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub min_age: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Colour the text report.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Exit with status 1 when the report holds leaks.
+    #[arg(long)]
+    pub fail_on_leaks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Process id.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+    /// An address inside the block (0x… or decimal).
+    #[arg(value_name = "ADDR", value_parser = parse_address)]
+    pub address: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+fn parse_seconds(v: &str) -> Result<u64, String> {
+    leakscan_core::options::parse_seconds(v)
+}
+
+fn parse_address(v: &str) -> Result<usize, String> {
+    leakscan_core::control::parse_address(v)
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +112,13 @@ pub struct RunArgs {
     /// Colour the text report.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Scan the running program every SECONDS (0 = only at exit); its
+    /// socket then answers `leakscan scan PID`. Default: the agent's (10 s).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub scan_interval: Option<u64>,
+    /// Periodic scans report only blocks older than SECONDS (default 5).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub min_age: Option<u64>,
     /// The program to run and its arguments (put them after `--`).
     #[arg(
         value_name = "PROG",

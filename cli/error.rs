@@ -61,6 +61,8 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// Talking to a running process failed (already one line).
+    Control(String),
 }
 
 impl fmt::Display for Error {
@@ -132,6 +134,7 @@ impl fmt::Display for Error {
             Error::Output { path, source } => {
                 write!(f, "cannot write {}: {}", path.display(), os(source))
             }
+            Error::Control(msg) => f.write_str(msg),
         }
     }
 }

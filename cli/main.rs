@@ -7,6 +7,7 @@
 mod args;
 mod elf;
 mod error;
+mod live;
 mod output;
 mod render;
 mod report;
@@ -41,5 +42,12 @@ fn dispatch(low: LowArgs) -> Result<u8, Error> {
     match low.command {
         Command::Run(args) => run::run(&RunSettings::new(args, &env)?),
         Command::Report(args) => report::run(&ReportSettings::new(args, &env)?),
+        Command::Scan(args) => live::run_scan(&settings::live_report_dir(&env)?, &args, &env),
+        Command::Clear(args) => live::run_clear(&settings::live_report_dir(&env)?, args.pid),
+        Command::Dump(args) => {
+            live::run_dump(&settings::live_report_dir(&env)?, args.pid, args.address)
+        }
+        Command::Stats(args) => live::run_stats(&settings::live_report_dir(&env)?, args.pid),
+        Command::Ps(args) => live::run_ps(&settings::live_report_dir(&env)?, args.format),
     }
 }

@@ -110,7 +110,11 @@ pub fn run(s: &RunSettings) -> Result<u8, Error> {
 }
 
 fn spawn_and_wait(s: &RunSettings, run_dir: &Path) -> Result<(u32, ProgramStatus), Error> {
-    let options = reportdir::child_options(s.leakscan_options.as_deref(), run_dir)?;
+    let mut options = reportdir::child_options(s.leakscan_options.as_deref(), run_dir)?;
+    for item in &s.agent_options {
+        options.push(':');
+        options.push_str(item);
+    }
     let mut cmd = Command::new(&s.program);
     cmd.args(&s.args)
         .env(

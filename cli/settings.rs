@@ -70,6 +70,8 @@ pub struct RunSettings {
     /// LEAKSCAN_OPTIONS as inherited, to append the run's own items to.
     pub leakscan_options: Option<String>,
     pub report_dir: PathBuf,
+    /// LEAKSCAN_OPTIONS items from the run's own flags.
+    pub agent_options: Vec<String>,
 }
 
 impl RunSettings {
@@ -102,8 +104,25 @@ impl RunSettings {
             ld_preload: env.ld_preload.clone(),
             leakscan_options,
             report_dir,
+            agent_options: [
+                ("scan_interval", args.scan_interval),
+                ("min_age", args.min_age),
+            ]
+            .into_iter()
+            .filter_map(|(k, ms)| ms.map(|ms| format!("{k}={}.{:03}", ms / 1000, ms % 1000)))
+            .collect(),
         })
     }
+}
+
+/// The report directory for commands that talk to running processes.
+pub fn live_report_dir(env: &Env) -> Result<PathBuf, Error> {
+    let options = env.options_text()?;
+    Ok(reportdir::resolve(
+        options.as_deref(),
+        env.xdg_runtime_dir.as_deref().and_then(|s| s.to_str()),
+        env.uid,
+    ))
 }
 
 /// Everything `leakscan report FILE` needs, validated.
@@ -131,7 +150,7 @@ impl ReportSettings {
 
 /// Colour only for text, and with `auto` only for a terminal and when
 /// NO_COLOR (no-color.org) is not set.
-fn use_color(choice: ColorChoice, dest: &Destination, format: Format, no_color: bool) -> bool {
+pub fn use_color(choice: ColorChoice, dest: &Destination, format: Format, no_color: bool) -> bool {
     if format != Format::Text {
         return false;
     }
