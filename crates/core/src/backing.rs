@@ -128,6 +128,11 @@ impl<T: Copy, B: Backing> BackedVec<T, B> {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Keep the first `len` items (items are `Copy`: nothing to drop).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
 }
 
 impl<T: Copy, B: Backing> Drop for BackedVec<T, B> {

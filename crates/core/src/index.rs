@@ -399,7 +399,10 @@ impl<B: Backing> PageMap<B> {
             return false;
         };
         let (w, bit) = Self::granule_bit(start);
-        if node.starts[w].fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+        // SeqCst: the agent's quarantine relies on this unlink and the
+        // scanner's switch being ordered (a store-buffering pair; see
+        // preload/src/quarantine.rs). On x86 it is the same `lock and`.
+        if node.starts[w].fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
             return false;
         }
         let end = start.saturating_add(size_of().max(1));

@@ -135,6 +135,22 @@ pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
     }
 }
 
+/// Give the pages of `[start, start + len)` back to the kernel, keeping
+/// the range mapped (`MADV_DONTNEED`: later reads see zeros). For a
+/// program block that must stay mapped but whose contents no longer
+/// matter. Only whole pages inside the range are affected.
+///
+/// # Safety
+/// The range must be private anonymous memory nobody needs the contents of.
+pub unsafe fn discard(start: usize, len: usize) {
+    let lo = (start + 4095) & !4095;
+    let hi = (start + len) & !4095;
+    if hi > lo {
+        // SAFETY: per the contract; madvise never unmaps.
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

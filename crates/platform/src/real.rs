@@ -103,6 +103,16 @@ pub unsafe fn chunk_extent(p: *const u8) -> (usize, usize) {
     }
 }
 
+/// Whether a live block is an mmapped chunk of its own (glibc unmaps it at
+/// free, and it shows up in /proc/self/maps as an anonymous mapping).
+///
+/// # Safety
+/// As [`usable_size`].
+pub unsafe fn is_mmapped(p: *const u8) -> bool {
+    // SAFETY: a live glibc block is preceded by its chunk's size word.
+    unsafe { *(p.sub(SIZE_SZ) as *const usize) & IS_MMAPPED != 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

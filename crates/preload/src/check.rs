@@ -238,9 +238,17 @@ fn check_locked(
         Mode::Live { .. } => None,
     };
     INDEX.clear_marks();
+    let give_up = || match mode {
+        Mode::Exact { .. } => false,
+        Mode::Live { quarantine_budget } => {
+            EXITING.load(Ordering::Relaxed) || quarantine::deferred().1 > quarantine_budget
+        }
+    };
     let mut marker = Marker::new(&INDEX, block_extent as ExtentOf);
     let mut roots = Roots {
         marker: &mut marker,
+        give_up: &give_up,
+        gave_up: false,
         // SAFETY: `copy` is our own mapping of COPY_BUF bytes, page-aligned.
         copy: unsafe { core::slice::from_raw_parts_mut(scratch.copy as *mut usize, COPY_BUF / 8) },
         excluded: &mut scratch.excluded,
@@ -253,17 +261,10 @@ fn check_locked(
     roots.registered_regions(regions.as_slice());
     roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
-    let drained = match mode {
-        // SAFETY: stopped threads cannot free, and frees by the others are
-        // deferred by the quarantine: tracked blocks stay mapped.
-        Mode::Exact { .. } => unsafe { marker.drain_until(|| false) },
-        // SAFETY: as above; every free is deferred.
-        Mode::Live { quarantine_budget } => unsafe {
-            marker.drain_until(|| {
-                EXITING.load(Ordering::Relaxed) || quarantine::deferred().1 > quarantine_budget
-            })
-        },
-    };
+    let roots_done = !roots.gave_up;
+    // SAFETY: stopped threads cannot free, and frees by the others are
+    // deferred by the quarantine: tracked blocks stay mapped.
+    let drained = roots_done && unsafe { marker.drain_until(give_up) };
     let live = matches!(mode, Mode::Live { .. });
     let mut recorded_all = true;
     let is_excused = |start: usize| {
@@ -316,8 +317,27 @@ unsafe fn checksum(start: usize, size: usize) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Merge overlapping or touching ranges of a sorted list, in place.
+fn coalesce(ranges: &mut ScratchVec<(usize, usize)>) {
+    let list = ranges.as_mut_slice();
+    let mut out = 0;
+    for i in 0..list.len() {
+        let (lo, hi) = list[i];
+        if out > 0 && lo <= list[out - 1].1 {
+            list[out - 1].1 = list[out - 1].1.max(hi);
+        } else {
+            list[out] = (lo, hi);
+            out += 1;
+        }
+    }
+    ranges.truncate(out);
+}
+
 struct Roots<'a, 'm> {
     marker: &'a mut Marker<'m, MmapBacking, ExtentOf>,
+    /// Asked between chunks of root memory: true = stop scanning roots.
+    give_up: &'a dyn Fn() -> bool,
+    gave_up: bool,
     copy: &'a mut [usize],
     /// Ranges that are not the program's own mappings, or that were already
     /// scanned: subtracted from the anonymous mappings.
@@ -475,11 +495,24 @@ impl Roots<'_, '_> {
     fn own_memory(&mut self) {
         let excluded = &mut *self.excluded;
         mem::for_each_own_mapping(|start, len| {
-            excluded.push((start, start + len));
+            let _ = excluded.push((start, start + len));
         });
+    }
+
+    /// Deferred blocks that are mappings of their own: stale contents, never
+    /// roots. (Deferred blocks inside arena heaps are skipped with the
+    /// heaps.) Taken after /proc/self/maps was read, so every mapping in
+    /// that snapshot that was freed since is in the list.
+    fn deferred_mappings(&mut self) {
+        let excluded = &mut *self.excluded;
         quarantine::for_each_deferred(|p| {
-            // SAFETY: deferred blocks stay live glibc blocks (never released).
-            excluded.push(unsafe { real::chunk_extent(p as *const u8) });
+            // SAFETY: deferred blocks stay live glibc blocks until the
+            // quarantine ends, after this check.
+            unsafe {
+                if real::is_mmapped(p as *const u8) {
+                    let _ = excluded.push(real::chunk_extent(p as *const u8));
+                }
+            }
         });
     }
 
@@ -492,15 +525,24 @@ impl Roots<'_, '_> {
         let Some(n) = maps::read_maps(text) else {
             return false;
         };
+        self.deferred_mappings();
         // Take the list out of `self` while `self` scans; it is complete now.
+        // Sorted and merged, its ends increase too, so the first range that
+        // can touch a mapping is found by binary search (a live scan may
+        // exclude a great many freed mappings).
         let mut excluded = core::mem::take(&mut *self.excluded);
         excluded.as_mut_slice().sort_unstable();
+        coalesce(&mut excluded);
         for m in maps::mappings(&text[..n]) {
             if !(m.readable && m.writable && m.is_anonymous_like()) {
                 continue;
             }
+            if self.gave_up {
+                break;
+            }
             let mut cur = m.start;
-            for &(lo, hi) in excluded.as_slice() {
+            let first = excluded.as_slice().partition_point(|&(_, hi)| hi <= cur);
+            for &(lo, hi) in &excluded.as_slice()[first..] {
                 if hi <= cur || lo >= m.end {
                     continue;
                 }
@@ -579,6 +621,10 @@ impl Roots<'_, '_> {
         let mut cur = (lo + 7) & !7;
         let cap = self.copy.len() * 8;
         while cur + 8 <= hi {
+            if self.gave_up || (self.give_up)() {
+                self.gave_up = true;
+                return;
+            }
             let want = (hi - cur).min(cap) & !7;
             // SAFETY: the copy buffer viewed as bytes.
             let bytes =

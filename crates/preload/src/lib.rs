@@ -128,7 +128,6 @@ extern "C" fn init() {
     }
     threads::init(&g);
     cxx::init(&g);
-    quarantine::init();
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);

@@ -11,27 +11,26 @@
 //! leaves them to the ending process). Kernel-side the idea is kfree_rcu:
 //! free after a grace period, with no per-type callback.
 //!
-//! ## The handshake (an asymmetric fence)
+//! ## Why no free can release a block the scanner reads
 //!
 //! ```text
-//! free (fast side)                     scanner (slow side)
-//! seq += 1 (odd: inside, plain store)  ACTIVE = true
-//! compiler fence                       membarrier(PRIVATE_EXPEDITED)
-//! if ACTIVE: push    else: glibc free  for each thread: if seq is odd,
-//! seq += 1 (even: outside, Release)      wait until seq changes
-//!                                      ... scan ...
+//! free (fast side)                          scanner (slow side)
+//! unlink from the index (RMW, SeqCst)       ACTIVE = true (SeqCst), then a SeqCst fence
+//! if ACTIVE (SeqCst load): defer            ... find blocks through the index, read them ...
+//! else: glibc free
 //! ```
 //!
-//! membarrier forces a full barrier on every running thread between the
-//! scanner's store and its loads, so a free either sees ACTIVE, or its odd
-//! `seq` is visible and the scanner waits for that free to finish. Waiting
-//! for a *change* rather than for an even value matters: a thread that
-//! frees in a loop is inside a free section most of the time, and every
-//! section after the switch is harmless.
-//! The free path costs two TLS stores and a load (no fence, no shared
-//! cache line). Without membarrier (old kernels, seccomp) both sides use a
-//! SeqCst fence instead. Threads without a registry slot use one shared
-//! counter (they are rare: registration happens in `pthread_create`).
+//! This is the store-buffering (Dekker) pattern with sequentially
+//! consistent operations on both sides, so the two sides cannot both miss
+//! each other: either the free sees ACTIVE and defers, or its unlink is
+//! visible to the scanner, which then never finds the block through the
+//! index, and the index is the scanner's only way to a heap block. A free
+//! that missed the switch may thus still run inside glibc during the scan,
+//! but on a block the scan cannot reach; glibc's own trimming after it only
+//! returns free memory, never a live block's. No waiting for such frees
+//! (kfree_rcu's grace period) is needed at the start of a scan, and the
+//! free path pays one load (on x86 the RMW is the `lock and` it always was
+//! and a SeqCst load is a plain load).
 //!
 //! The list links blocks through their first word. A free that saw ACTIVE
 //! just before [`end`] cleared it may push after `end` took the list: its
@@ -39,60 +38,26 @@
 //! which is harmless; no block is ever released while a scan that could
 //! read it is running, because `end` only runs once the reading is over.
 
-use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
-use leakscan_platform::{real, sys};
-
-use crate::guard;
-use crate::threads::{Slot, LIVE, SLOTS};
+use leakscan_platform::real;
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Head of the list of deferred blocks (0 = empty).
 static HEAD: AtomicUsize = AtomicUsize::new(0);
-static UNREGISTERED_IN_FREE: AtomicUsize = AtomicUsize::new(0);
+/// Blocks larger than this have their pages discarded when deferred.
+const DISCARD_FROM: usize = 64 * 1024;
+
 /// Blocks and bytes deferred since the last [`begin`]: a scan that lets
 /// the quarantine grow past its budget gives up early (see `over_budget`).
 static DEFERRED_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 static DEFERRED_BYTES: AtomicUsize = AtomicUsize::new(0);
-static MEMBARRIER: AtomicBool = AtomicBool::new(false);
 
-/// Register for membarrier (constructor).
-pub fn init() {
-    MEMBARRIER.store(sys::membarrier_register(), Ordering::Release);
-}
-
-/// Step this thread's free-section counter: odd on entry, even on exit.
-/// Only the owning thread writes its counter, so no read-modify-write;
-/// threads without a slot share one counter (entry +1, exit −1).
-#[inline(always)]
-fn step(slot: Option<&Slot>, entering: bool, order: Ordering) {
-    match slot {
-        Some(s) => s
-            .free_seq
-            .store(s.free_seq.load(Ordering::Relaxed).wrapping_add(1), order),
-        None if entering => {
-            UNREGISTERED_IN_FREE.fetch_add(1, Ordering::SeqCst);
-        }
-        None => {
-            UNREGISTERED_IN_FREE.fetch_sub(1, Ordering::Release);
-        }
-    }
-}
-
-/// Run `f(defer)` as a free section: `defer` says whether blocks freed in it
-/// must go to [`defer`] instead of glibc.
+/// Run `f(defer)` for a block the caller has just unlinked from the index:
+/// `defer` says whether it must go to [`defer`] instead of glibc.
 #[inline(always)]
 pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
-    let slot = guard::thread_slot().and_then(|i| SLOTS.get(i));
-    step(slot, true, Ordering::Relaxed);
-    if MEMBARRIER.load(Ordering::Relaxed) {
-        compiler_fence(Ordering::SeqCst);
-    } else {
-        fence(Ordering::SeqCst);
-    }
-    let result = f(ACTIVE.load(Ordering::Relaxed));
-    step(slot, false, Ordering::Release);
-    result
+    f(ACTIVE.load(Ordering::SeqCst))
 }
 
 /// Keep `p` (a block already unlinked from the index) until the scan ends.
@@ -103,7 +68,20 @@ pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
 pub unsafe fn defer(p: *mut u8) {
     DEFERRED_BLOCKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: p is a live glibc block.
-    DEFERRED_BYTES.fetch_add(unsafe { real::usable_size(p) }, Ordering::Relaxed);
+    let size = unsafe { real::usable_size(p) };
+    let held = if size > DISCARD_FROM {
+        // A big block must stay allocated (mapped, for an mmapped chunk)
+        // while the scanner may read it, but its pages can go back to the
+        // kernel now, as glibc's own malloc_trim does for free chunks. The
+        // first page keeps the chunk header and our link; the discarded
+        // pages lie inside the block, never on the next chunk's header.
+        // SAFETY: the block is ours alone; its contents are dead.
+        unsafe { leakscan_platform::mem::discard(p as usize + 4096, size - 4096) };
+        4096 + size % 4096
+    } else {
+        size
+    };
+    DEFERRED_BYTES.fetch_add(held, Ordering::Relaxed);
     let mut head = HEAD.load(Ordering::Relaxed);
     loop {
         // SAFETY: p is ours and has room for the link.
@@ -115,39 +93,12 @@ pub unsafe fn defer(p: *mut u8) {
     }
 }
 
-/// How long `begin` waits for frees that missed the switch. A thread stopped
-/// by a debugger inside `free` must not hang the program forever; past this
-/// the scan goes ahead (such a free could then still release a block).
-const GRACE_TIMEOUT_NS: u64 = 2_000_000_000;
-
-/// Start deferring frees, and wait until no free that missed the switch is
-/// still running. Call before reading any block in place.
+/// Start deferring frees. Call before reading any block in place.
 pub fn begin() {
     DEFERRED_BLOCKS.store(0, Ordering::Relaxed);
     DEFERRED_BYTES.store(0, Ordering::Relaxed);
     ACTIVE.store(true, Ordering::SeqCst);
-    if !(MEMBARRIER.load(Ordering::Relaxed) && sys::membarrier()) {
-        fence(Ordering::SeqCst);
-    }
-    let deadline = sys::monotonic_ns() + GRACE_TIMEOUT_NS;
-    let waiting = |still: &dyn Fn() -> bool| {
-        while still() && sys::monotonic_ns() < deadline {
-            sys::yield_now();
-        }
-    };
-    // Our own thread may be inside a free section itself (exit() called
-    // from a signal handler that interrupted free): never wait for it.
-    let me = guard::thread_slot();
-    for (i, slot) in SLOTS.iter().enumerate() {
-        if Some(i) == me || slot.state.load(Ordering::Acquire) != LIVE {
-            continue;
-        }
-        let seq = slot.free_seq.load(Ordering::Acquire);
-        if seq % 2 == 1 {
-            waiting(&|| slot.free_seq.load(Ordering::Acquire) == seq);
-        }
-    }
-    waiting(&|| UNREGISTERED_IN_FREE.load(Ordering::Acquire) != 0);
+    fence(Ordering::SeqCst);
 }
 
 /// Call `f(p)` for every block deferred so far. Only [`end`] removes
@@ -197,5 +148,4 @@ pub fn end(release: bool) {
 /// here. The list stays (its blocks are valid) and goes at the next end.
 pub fn after_fork_in_child() {
     ACTIVE.store(false, Ordering::SeqCst);
-    UNREGISTERED_IN_FREE.store(0, Ordering::Relaxed);
 }

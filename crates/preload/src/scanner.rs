@@ -39,7 +39,7 @@
 //! same mark bits.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::path::PathBuf;
 
 use leakscan_core::control::{BlockInfo, BlockState, Cleared, Reply, Request, Stats, MAX_REQUEST};
@@ -66,8 +66,6 @@ const MIN_QUARANTINE_BUDGET: usize = 64 << 20;
 
 /// The scanner's stack, mapped once and reused by a fork child's scanner.
 static STACK: AtomicUsize = AtomicUsize::new(0);
-/// Pid whose socket this process bound (0 = none), for unlinking at exit.
-static SOCKET_OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// A block that was unreferenced in the last scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +436,12 @@ fn bind_socket() -> Option<Listener> {
         .and_then(|()| Listener::bind(&path));
     match bound {
         Ok(l) => {
-            SOCKET_OWNER.store(sys::getpid(), Ordering::Release);
+            // The exit handler unlinks our socket; if the process started
+            // to exit while we were binding, it may have looked too early.
+            if EXITING.load(Ordering::SeqCst) {
+                drop(l);
+                park();
+            }
             Some(l)
         }
         Err(e) => {
@@ -546,16 +549,22 @@ pub fn start(_g: &Guard) {
 /// (The parent's listening descriptor stays open but unused here; it is
 /// close-on-exec.)
 pub fn after_fork_in_child(g: &Guard) {
-    SOCKET_OWNER.store(0, Ordering::Release);
     if !EXITING.load(Ordering::Acquire) {
         start(g);
     }
 }
 
-/// The process is exiting: remove our socket (the thread parks itself).
+/// The process is exiting: remove our socket (the thread parks itself, and
+/// removes the socket itself if it was still binding it).
 pub fn shut_down() {
-    EXITING.store(true, Ordering::Release);
-    if SOCKET_OWNER.swap(0, Ordering::AcqRel) == sys::getpid() {
-        net::unlink(&socket_path());
+    EXITING.store(true, Ordering::SeqCst);
+    let opts = options();
+    if opts.control_socket {
+        let path = socket_path();
+        if std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            net::unlink(&path);
+        }
     }
 }

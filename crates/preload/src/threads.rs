@@ -54,8 +54,6 @@ pub struct Slot {
     /// Stack pointer and registers saved when it stopped.
     pub sp: AtomicUsize,
     pub regs: [AtomicUsize; SAVED_REGS],
-    /// Odd while the thread is inside a free section (see quarantine.rs).
-    pub free_seq: AtomicU32,
 }
 
 impl Slot {
@@ -69,7 +67,6 @@ impl Slot {
             stopped: AtomicU32::new(0),
             sp: AtomicUsize::new(0),
             regs: [const { AtomicUsize::new(0) }; SAVED_REGS],
-            free_seq: AtomicU32::new(0),
         }
     }
 }
@@ -143,7 +140,6 @@ pub fn register_current(g: &Guard) {
             slot.stack_lo.store(bounds.0, Ordering::Relaxed);
             slot.stack_hi.store(bounds.1, Ordering::Relaxed);
             slot.stopped.store(0, Ordering::Relaxed);
-            slot.free_seq.store(0, Ordering::Relaxed);
             slot.state.store(LIVE, Ordering::Release);
             g.set_thread(bounds, i);
             let key = EXIT_KEY.load(Ordering::Acquire);
@@ -202,8 +198,6 @@ pub fn after_fork_in_child() {
     let me = pt::pthread_self();
     for slot in &SLOTS {
         if slot.state.load(Ordering::Acquire) == LIVE {
-            // A thread that vanished mid-free must not hold up a scan.
-            slot.free_seq.store(0, Ordering::Relaxed);
             if slot.tp.load(Ordering::Relaxed) == me {
                 slot.tid.store(sys::gettid(), Ordering::Relaxed);
             } else {
