@@ -44,6 +44,12 @@ fixture_tests! {
     dlopen_tls_root => "dlopen_tls_root.c",
     exit_from_signal_handler => "exit_from_signal_handler.c",
     fork_while_threads_allocate => "fork_while_threads_allocate.c",
+    annotate_not_leak => "annotate_not_leak.c",
+    annotate_no_scan => "annotate_no_scan.c",
+    lsan_disable => "lsan_disable.c",
+    lsan_root_region => "lsan_root_region.c",
+    lsan_recoverable_check => "lsan_recoverable_check.c",
+    lsan_do_leak_check => "lsan_do_leak_check.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

@@ -386,6 +386,8 @@ const GIVE_UP_CHECK: u32 = 4096;
 struct White {
     start: usize,
     size: usize,
+    /// Its contents may hold pointers (not `no_scan`).
+    scan: bool,
     /// Pointed to by another white block: an indirect leak.
     referenced: bool,
     /// Reached while flooding from the direct leaks.
@@ -433,7 +435,12 @@ impl<B: Backing> WhiteSet<'_, B> {
     /// # Safety
     /// Block `i` must be readable.
     unsafe fn targets(&self, i: usize, mut f: impl FnMut(usize)) {
-        let White { start, size, .. } = self.blocks.as_slice()[i];
+        let White {
+            start, size, scan, ..
+        } = self.blocks.as_slice()[i];
+        if !scan {
+            return;
+        }
         // SAFETY: forwarded contract.
         for w in unsafe { words(start, size) } {
             match self.find(w.load(Ordering::Relaxed)) {
@@ -501,6 +508,8 @@ pub struct Classified {
 /// Split the blocks left white after marking into direct and indirect leaks.
 /// `out(start, size, direct)` is called once per leaked block.
 ///
+/// A `no_scan` block points nowhere here either.
+///
 /// `excused(start)` names white blocks that must not be reported even
 /// though nothing reached them: blocks too young to judge, allocated while
 /// a concurrent scan ran, or annotated as not leaks. Whatever an excused
@@ -513,9 +522,9 @@ pub struct Classified {
 ///
 /// # Safety
 /// As for [`Marker::drain`]: every tracked block must stay readable.
-pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
+pub unsafe fn classify<B: Backing, S: Fn(usize) -> Extent>(
     index: &PageMap<B>,
-    size_of: S,
+    extent_of: S,
     excused: impl Fn(usize) -> bool,
     mut out: impl FnMut(usize, usize, bool),
 ) -> Classified {
@@ -527,9 +536,11 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> usize + Copy>(
     };
     index.for_each_block(|start| {
         if !index.is_marked(start) {
+            let extent = extent_of(start);
             complete &= white.blocks.push(White {
                 start,
-                size: size_of(start),
+                size: extent.size,
+                scan: extent.scan,
                 referenced: false,
                 visited: false,
                 excused: false,
@@ -664,7 +675,7 @@ mod tests {
             let c = unsafe {
                 classify(
                     &self.index,
-                    size_of,
+                    extent,
                     |s| excused.contains(&s),
                     |s, _, d| {
                         leaks.insert(s, d);
@@ -769,6 +780,10 @@ mod tests {
         let leaks = h.check_with(&[], &[], &[young]);
         assert_eq!(leaks.into_iter().collect::<Vec<_>>(), vec![(lost, true)]);
         assert!(h.check_with(&[], &[], &[young, lost]).is_empty());
+        // An excused block that is not scanned excuses nothing else.
+        let leaks = h.check_with(&[], &[young], &[young]);
+        assert_eq!(leaks.len(), 3);
+        assert_eq!(leaks.get(&old), Some(&false), "old is pointed to by lost");
     }
 
     #[test]

@@ -118,10 +118,6 @@ const COPY_BUF: usize = 256 * 1024;
 
 type ExtentOf = fn(usize) -> Extent;
 
-fn block_size(start: usize) -> usize {
-    live_trailer(start).size
-}
-
 fn block_extent(start: usize) -> Extent {
     let t = live_trailer(start);
     Extent {
@@ -273,7 +269,7 @@ fn check_locked(
     };
     // SAFETY: as above.
     let classified = unsafe {
-        classify(&INDEX, block_size, is_excused, |start, size, direct| {
+        classify(&INDEX, block_extent, is_excused, |start, size, direct| {
             let t = live_trailer(start);
             recorded_all &= result.leaks.push(LeakRecord {
                 start,

@@ -212,10 +212,11 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
         );
         return 0;
     }
-    let trigger = if exiting {
-        Trigger::Exit
-    } else {
+    // `__lsan_do_leak_check` is the end-of-process check, run early.
+    let trigger = if kind == CheckKind::Recoverable {
         Trigger::Request
+    } else {
+        Trigger::Exit
     };
     let number = state::SCANS.load(Ordering::Relaxed);
     let report = report::build(&result, trigger, number, opts.max_objects, opts.symbolize);
