@@ -68,6 +68,11 @@ fn socket_of(report_dir: &Path, pid: u32) -> Result<PathBuf, Error> {
     if !process_exists(pid) {
         return Err(Error::Control(format!("process {pid} is not running")));
     }
+    // The direct path first: it needs no permission to list the directory.
+    let direct = report_dir.join(format!("{pid}.sock"));
+    if direct.exists() {
+        return Ok(direct);
+    }
     sockets(report_dir)
         .into_iter()
         .find(|(p, _)| *p == pid)

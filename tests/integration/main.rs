@@ -6,7 +6,8 @@
 //! `leakscan run`, and checks the JSON report against the header. The CLI
 //! tests check exit statuses and messages; the agent tests use the library
 //! alone (LD_PRELOAD, LEAKSCAN_OPTIONS); the golden test pins the JSON
-//! shape; the program tests run CPython and sqlite3.
+//! shape; the program tests run CPython and sqlite3; the live tests talk
+//! to running programs over their control sockets and check periodic scans.
 //!
 //! The tests need the agent next to the `leakscan` binary: build the
 //! workspace with the profile the tests use (`cargo build --release
@@ -17,4 +18,5 @@ mod cli;
 mod fixtures;
 mod golden;
 mod harness;
+mod live;
 mod programs;

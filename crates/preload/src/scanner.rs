@@ -384,27 +384,25 @@ impl Scanner {
         }
     }
 
-    /// Serve one connection: one request line, one reply.
+    /// Serve one connection: one request line, one reply. The line is read
+    /// even from a peer that will be refused, so that the refusal reaches
+    /// it (closing on unread data would reset the connection instead).
     fn serve(&mut self, g: &Guard, conn: Conn) {
-        if conn.peer_uid() != Some(user::uid()) {
-            let _ = conn.send_all(
-                Reply::failure("permission denied: only the process's own user may connect")
-                    .to_line()
-                    .as_bytes(),
-                CLIENT_TIMEOUT_MS,
-            );
-            return;
-        }
         let mut buf = [0u8; MAX_REQUEST];
-        let reply = match conn.read_line(&mut buf, CLIENT_TIMEOUT_MS) {
-            Ok(line) => match Request::parse(line) {
-                Ok(request) => self.answer(g, request),
-                Err(e) => Reply::failure(e),
-            },
-            Err(0) => return,
-            Err(_) => Reply::failure(format!(
-                "request too long or incomplete (one line of at most {MAX_REQUEST} bytes)"
-            )),
+        let line = conn.read_line(&mut buf, CLIENT_TIMEOUT_MS);
+        let reply = if conn.peer_uid() != Some(user::uid()) {
+            Reply::failure("permission denied: only the process's own user may connect")
+        } else {
+            match line {
+                Ok(line) => match Request::parse(line) {
+                    Ok(request) => self.answer(g, request),
+                    Err(e) => Reply::failure(e),
+                },
+                Err(0) => return,
+                Err(_) => Reply::failure(format!(
+                    "request too long or incomplete (one line of at most {MAX_REQUEST} bytes)"
+                )),
+            }
         };
         let _ = conn.send_all(reply.to_line().as_bytes(), CLIENT_TIMEOUT_MS);
     }

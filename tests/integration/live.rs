@@ -1,0 +1,535 @@
+//! Online detection: periodic scans of running programs, the control socket
+//! and the commands that use it (`scan`, `clear`, `dump`, `stats`, `ps`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use leakscan_core::control::Reply;
+use leakscan_core::report::{LeakKind, Report, Trigger};
+
+use crate::harness::{agent_library, build, leakscan, workdir, Spec};
+
+/// A fixture started with the agent preloaded; killed if the test fails.
+struct Live {
+    child: Child,
+    reports: PathBuf,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Live {
+    fn start(dir: &Path, binary: &Path, args: &[&str], options: &str) -> Live {
+        let reports = dir.join("reports");
+        let child = Command::new(binary)
+            .args(args)
+            .current_dir(dir)
+            .env("LD_PRELOAD", agent_library())
+            .env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}:verbosity=0:{options}", reports.display()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Live { child, reports }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `leakscan ARGS…` against this process's report directory.
+    fn leakscan(&self, args: &[&str]) -> (i32, String, String) {
+        let out = leakscan()
+            .env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}", self.reports.display()),
+            )
+            .args(args)
+            .output()
+            .expect("run leakscan");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.reports.join(format!("{}.sock", self.pid()))
+    }
+
+    /// Wait until the agent answers on its socket.
+    fn wait_for_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = UnixStream::connect(self.socket()).is_ok_and(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut reply = String::new();
+                s.write_all(b"ping\n").is_ok()
+                    && s.read_to_string(&mut reply).is_ok()
+                    && reply.contains("\"ok\":true")
+            });
+            if answered {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no control socket answered");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Talk to `live_leaker` over its stdin/stdout.
+struct Leaker {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Leaker {
+    fn new(live: &mut Live) -> Leaker {
+        let mut l = Leaker {
+            stdin: live.child.stdin.take().unwrap(),
+            stdout: BufReader::new(live.child.stdout.take().unwrap()),
+        };
+        assert_eq!(l.line(), "ready");
+        l
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout
+            .read_line(&mut s)
+            .expect("read from the fixture");
+        s.trim_end().to_string()
+    }
+
+    fn say(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").expect("write to the fixture");
+        self.line()
+    }
+
+    fn leak(&mut self, n: usize) -> BTreeSet<u64> {
+        self.say(&format!("leak {n}"))
+            .split_whitespace()
+            .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    }
+}
+
+fn addresses(report: &Report) -> BTreeSet<u64> {
+    report
+        .leaks
+        .iter()
+        .flat_map(|g| &g.objects)
+        .map(|o| u64::from_str_radix(o.address.trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
+fn parse_report(json: &str) -> Report {
+    Report::from_json(json).unwrap_or_else(|e| panic!("not a report ({e}):\n{json}"))
+}
+
+fn raw_request(socket: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn scan_clear_dump_stats_and_ps_talk_to_a_running_process() {
+    let dir = workdir("live_commands");
+    let binary = build(&Spec::load("live_leaker.c"), &dir);
+    let mut live = Live::start(&dir, &binary, &[], "scan_interval=0");
+    let mut leaker = Leaker::new(&mut live);
+    live.wait_for_socket();
+    let pid = live.pid().to_string();
+    let mode = fs::metadata(live.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is private");
+
+    assert_eq!(leaker.say("keep 5"), "kept 5");
+    let first = leaker.leak(3);
+
+    // scan: exactly the blocks lost so far.
+    let (code, out, err) = live.leakscan(&["scan", &pid, "--min-age", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let report = parse_report(&out);
+    assert_eq!(report.scan.trigger, Trigger::Request);
+    assert_eq!(report.process.pid, live.pid());
+    assert_eq!(addresses(&report), first, "{out}");
+    assert!(report.leaks.iter().all(|g| g.kind == LeakKind::Direct));
+    assert!(report.scan.live_blocks >= 8, "{:?}", report.scan);
+
+    // --fail-on-leaks turns leaks into status 1.
+    let (code, _, _) = live.leakscan(&["scan", &pid, "--min-age", "0", "--fail-on-leaks"]);
+    assert_eq!(code, 1);
+
+    // dump: an interior address names its block.
+    let a = *first.iter().next().unwrap();
+    let (code, out, err) = live.leakscan(&["dump", &pid, &format!("{:#x}", a + 100)]);
+    assert_eq!(code, 0, "{err}");
+    let block: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(block["address"], format!("{a:#x}"));
+    assert_eq!(block["size"], 320);
+    assert_eq!(block["state"], "leak");
+    assert!(block["stack"].as_array().is_some_and(|s| !s.is_empty()));
+    let (code, _, err) = live.leakscan(&["dump", &pid, "0x10"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no tracked block") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // clear: what is reported now is never reported again.
+    let (code, out, err) = live.leakscan(&["clear", &pid]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cleared 3 leaked blocks (960 bytes)"), "{out}");
+    let (_, out, _) = live.leakscan(&["scan", &pid, "--min-age", "0"]);
+    assert!(addresses(&parse_report(&out)).is_empty(), "{out}");
+
+    // ...until a new leak.
+    let second = leaker.leak(1);
+    let (_, out, _) = live.leakscan(&["scan", &pid, "--min-age", "0"]);
+    assert_eq!(addresses(&parse_report(&out)), second, "{out}");
+
+    // stats and ps.
+    let (code, out, err) = live.leakscan(&["stats", &pid]);
+    assert_eq!(code, 0, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(stats["live_blocks"].as_u64().unwrap() >= 9, "{out}");
+    assert_eq!(stats["reported_blocks"], 1, "{out}");
+    assert_eq!(stats["cleared_blocks"], 3, "{out}");
+    assert_eq!(stats["scan_interval_ms"], 0, "{out}");
+    let (code, out, _) = live.leakscan(&["ps"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().next() == Some(pid.as_str())),
+        "{out}"
+    );
+    let (_, out, _) = live.leakscan(&["ps", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["pid"].as_u64() == Some(live.pid() as u64)));
+
+    // Malformed requests get an error reply; the process goes on.
+    for bad in [
+        &b"bogus\n"[..],
+        b"dump\n",
+        b"scan please\n",
+        &[b'x'; 700],
+        b"\xff\n",
+    ] {
+        let reply: Reply = serde_json::from_str(raw_request(&live.socket(), bad).trim())
+            .unwrap_or_else(|e| panic!("no error reply to {bad:?}: {e}"));
+        assert!(!reply.ok && reply.error.is_some(), "{reply:?}");
+        assert_eq!(reply.protocol, 1);
+    }
+    // A client that connects and says nothing is dropped, not waited for.
+    drop(UnixStream::connect(live.socket()).unwrap());
+    let ping = raw_request(&live.socket(), b"ping\n");
+    assert!(ping.contains("\"ok\":true"), "{ping}");
+
+    // At exit: the socket goes away; the process is then not running.
+    leaker.say("quit");
+    let status = live.child.wait().unwrap();
+    assert!(status.success());
+    assert!(!live.socket().exists(), "the socket outlived its process");
+    let (code, _, err) = live.leakscan(&["scan", &pid]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not running"), "{err}");
+}
+
+#[test]
+fn commands_for_processes_without_a_socket_fail_in_one_line() {
+    let dir = workdir("live_errors");
+    let reports = dir.join("reports");
+    fs::create_dir_all(&reports).unwrap();
+    let run = |args: &[&str]| {
+        let out = leakscan()
+            .env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}", reports.display()),
+            )
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // This test's own process is alive but has no socket there.
+    let me = std::process::id().to_string();
+    for args in [vec!["scan", me.as_str()], vec!["stats", me.as_str()]] {
+        let (code, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("no leakscan control socket"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let (code, err) = run(&["clear", "4000000000"]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    let (code, err) = run(&["dump", &me, "zz"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not an address"), "{err}");
+    // A stale socket (its process is gone) is removed by ps.
+    let stale = reports.join("4000000001.sock");
+    fs::write(&stale, "").unwrap();
+    let (code, _) = run(&["ps"]);
+    assert_eq!(code, 0);
+    assert!(!stale.exists(), "ps left a stale socket");
+}
+
+#[test]
+fn another_user_is_refused_by_the_socket() {
+    if leakscan_platform::user::uid() != 0 {
+        // Switching to another uid needs root; CI runs as root.
+        eprintln!(
+            "another_user_is_refused_by_the_socket: NOT RUN (needs root to become another user)"
+        );
+        return;
+    }
+    let setpriv = crate::harness::find_program("setpriv");
+    let dir = workdir("live_other_user");
+    let binary = build(&Spec::load("live_leaker.c"), &dir);
+    let mut live = Live::start(&dir, &binary, &[], "scan_interval=0");
+    let mut leaker = Leaker::new(&mut live);
+    live.wait_for_socket();
+    // Open the file-system path to everyone, so that only the peer check
+    // stands between another user and the process's memory.
+    let open = |p: &Path, mode| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    for d in dir.ancestors().take_while(|d| *d != Path::new("/")) {
+        let m = fs::metadata(d).unwrap().permissions().mode();
+        open(d, m | 0o011);
+    }
+    open(&live.reports, 0o711);
+    open(&live.socket(), 0o666);
+    let cli = dir.join("leakscan-copy");
+    fs::copy(env!("CARGO_BIN_EXE_leakscan"), &cli).unwrap();
+    open(&cli, 0o755);
+    let out = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&cli)
+        .args(["stats", &live.pid().to_string()])
+        .env(
+            "LEAKSCAN_OPTIONS",
+            format!("report_dir={}", live.reports.display()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("permission denied: only the process's own user"),
+        "{err}"
+    );
+    // The process is unharmed and still answers its own user.
+    let (code, _, err) = live.leakscan(&["stats", &live.pid().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    leaker.say("quit");
+    assert!(live.child.wait().unwrap().success());
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
+}
+
+fn mtime_ms(path: &Path) -> Option<f64> {
+    let m = fs::metadata(path).ok()?.modified().ok()?;
+    Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs_f64() * 1e3)
+}
+
+/// The leaks `live_server` logged so far: address → allocation time (ms).
+fn logged_leaks(log: &Path) -> BTreeMap<u64, f64> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (a, t) = l.split_once(' ')?;
+            Some((
+                u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()?,
+                t.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_churning_server_is_reported_exactly_and_in_time() {
+    const SECONDS: u64 = 60;
+    const INTERVAL_MS: f64 = 1000.0;
+    const MIN_AGE_MS: f64 = 2000.0;
+    // Scans take time, and this machine is shared with the other tests.
+    const SLACK_MS: f64 = 1500.0;
+    let dir = workdir("live_server");
+    let binary = build(&Spec::load("live_server.c"), &dir);
+    let log = dir.join("leaks.log");
+    let mut live = Live::start(
+        &dir,
+        &binary,
+        &[&SECONDS.to_string(), log.to_str().unwrap()],
+        "scan_interval=1:min_age=2:max_objects=1000000",
+    );
+    let report_file = live.reports.join(format!("{}.json", live.pid()));
+    let (mut checked, mut fresh_reports) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
+    let mut last_seen = 0.0;
+    while live.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not finish");
+        thread::sleep(Duration::from_millis(700));
+        let Some(written) = mtime_ms(&report_file) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(&report_file) else {
+            continue;
+        };
+        let Ok(report) = Report::from_json(&text) else {
+            continue; // replaced between stat and read: next round
+        };
+        if report.scan.trigger != Trigger::Periodic {
+            continue;
+        }
+        let logged = logged_leaks(&log);
+        let reported = addresses(&report);
+        let false_positives: Vec<_> = reported
+            .iter()
+            .filter(|a| !logged.contains_key(a))
+            .collect();
+        assert!(
+            false_positives.is_empty(),
+            "scan {} reported blocks the server never leaked: {false_positives:x?}",
+            report.scan.number
+        );
+        let overdue: Vec<_> = logged
+            .iter()
+            .filter(|(a, &t)| {
+                t + MIN_AGE_MS + 2.0 * INTERVAL_MS + SLACK_MS <= written && !reported.contains(a)
+            })
+            .collect();
+        assert!(
+            overdue.is_empty(),
+            "scan {} (written at {written:.0}, now {:.0}) misses leaks older than min_age + 2 \
+             intervals: {overdue:x?}",
+            report.scan.number,
+            now_ms()
+        );
+        checked += 1;
+        if written > last_seen {
+            fresh_reports += 1;
+            last_seen = written;
+        }
+    }
+    let mut stdout = String::new();
+    live.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = live.child.wait().unwrap();
+    assert!(status.success(), "the server failed: {status:?}");
+    let leaks: usize = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no leak count from the server: {stdout:?}"));
+    assert!(
+        fresh_reports >= (SECONDS as usize) / 4,
+        "only {fresh_reports} periodic reports in {SECONDS} s ({checked} checks)"
+    );
+    // The exact check at exit agrees with the log, block for block.
+    let report = parse_report(&fs::read_to_string(&report_file).unwrap());
+    assert_eq!(report.scan.trigger, Trigger::Exit);
+    let logged: BTreeSet<u64> = logged_leaks(&log).into_keys().collect();
+    assert_eq!(logged.len(), leaks, "the log holds every leak");
+    assert!(
+        leaks as u64 >= SECONDS * 10,
+        "the server leaks 10/s: {leaks}"
+    );
+    assert_eq!(addresses(&report), logged);
+    assert_eq!(report.summary.leaked_blocks, logged.len() as u64);
+}
+
+#[test]
+fn eight_threads_churning_under_scans_every_100ms() {
+    const SECONDS: u64 = 30;
+    let dir = workdir("live_stress");
+    let binary = build(&Spec::load("live_stress.c"), &dir);
+    let mut live = Live::start(
+        &dir,
+        &binary,
+        &[&SECONDS.to_string(), "8"],
+        "scan_interval=0.1:min_age=0.5",
+    );
+    live.wait_for_socket();
+    let report_file = live.reports.join(format!("{}.json", live.pid()));
+    let pid = live.pid().to_string();
+    let deadline = Instant::now() + Duration::from_secs(SECONDS + 90);
+    let (mut scans, mut quarantined) = (0u64, 0u64);
+    while live.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "hang: the program did not finish"
+        );
+        thread::sleep(Duration::from_millis(500));
+        // A periodic report is written only when a scan finds a leak: this
+        // program never leaks, so any such report is a false positive.
+        if let Ok(text) = fs::read_to_string(&report_file) {
+            if let Ok(r) = Report::from_json(&text) {
+                assert_ne!(r.scan.trigger, Trigger::Periodic, "false positive:\n{text}");
+            }
+        }
+        let (code, out, _) = live.leakscan(&["stats", &pid]);
+        if code == 0 {
+            let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+            scans = scans.max(s["scans"].as_u64().unwrap());
+            quarantined += s["last_quarantine_blocks"].as_u64().unwrap();
+        }
+    }
+    let mut stdout = String::new();
+    live.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = live.child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "status 3 = a block was written after it was freed; stdout: {stdout}"
+    );
+    assert!(stdout.starts_with("ops "), "{stdout}");
+    assert!(scans >= SECONDS * 2, "only {scans} scans in {SECONDS} s");
+    assert!(
+        quarantined > 0,
+        "no free was ever deferred: the quarantine was not exercised"
+    );
+    let report = parse_report(&fs::read_to_string(&report_file).unwrap());
+    assert_eq!(report.scan.trigger, Trigger::Exit);
+    assert_eq!(report.summary.leaked_blocks, 0, "{:?}", report.leaks);
+}
