@@ -188,20 +188,6 @@ pub fn abort_with(msg: &[u8]) -> ! {
     unsafe { libc::abort() }
 }
 
-/// Register for `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`; false if the
-/// kernel does not offer it (callers then use a full fence on both sides).
-pub fn membarrier_register() -> bool {
-    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-    // SAFETY: membarrier takes no pointers.
-    unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
-}
-
-/// Make every running thread of this process execute a full memory barrier
-/// (the "heavy" side of an asymmetric fence). Requires [`membarrier_register`].
-pub fn membarrier() -> bool {
-    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    // SAFETY: membarrier takes no pointers.
-    unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
 }
 
 /// Give up the CPU once (while waiting for another thread).
