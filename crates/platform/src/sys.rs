@@ -188,8 +188,6 @@ pub fn abort_with(msg: &[u8]) -> ! {
     unsafe { libc::abort() }
 }
 
-}
-
 /// Give up the CPU once (while waiting for another thread).
 pub fn yield_now() {
     // SAFETY: sched_yield has no preconditions.
