@@ -181,6 +181,19 @@ pub const EAGAIN: i32 = libc::EAGAIN;
 pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 pub const O_CLOEXEC: i32 = libc::O_CLOEXEC;
 
+/// The process's resident set size in bytes (`/proc/self/statm`), or 0.
+pub fn resident_bytes() -> usize {
+    let Some(text) = read_file("/proc/self/statm") else {
+        return 0;
+    };
+    let pages = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 /// Print `msg` on stderr and abort the process.
 pub fn abort_with(msg: &[u8]) -> ! {
     write_all(2, msg);

@@ -59,9 +59,10 @@ use crate::writer;
 const STACK_BYTES: usize = 1 << 20;
 /// How long a client may take to send its request, and to read the reply.
 const CLIENT_TIMEOUT_MS: i32 = 2000;
-/// A live scan gives up when frees held back by the quarantine exceed this
-/// share of the heap (or `MIN_QUARANTINE_BUDGET`, whichever is larger).
-const QUARANTINE_SHARE: u64 = 4;
+/// A live scan gives up when the frees it holds back exceed the process's
+/// resident size when it started (or `MIN_QUARANTINE_BUDGET`, whichever is
+/// larger): a scan may at most double the program's memory while it runs,
+/// and gives that back when it ends.
 const MIN_QUARANTINE_BUDGET: usize = 64 << 20;
 
 /// The scanner's stack, mapped once and reused by a fork child's scanner.
@@ -112,8 +113,6 @@ struct Scanner {
     /// Time of the last live scan's start.
     last_scan_tick: Option<u32>,
     last: Option<LastScan>,
-    /// Heap size seen by the last scan, for the quarantine budget.
-    last_live_bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -144,7 +143,6 @@ impl Scanner {
             last_report: None,
             last_scan_tick: None,
             last: None,
-            last_live_bytes: 0,
         }
     }
 
@@ -170,7 +168,7 @@ impl Scanner {
             return Outcome::GaveUp;
         }
         let opts = options();
-        let budget = MIN_QUARANTINE_BUDGET.max((self.last_live_bytes / QUARANTINE_SHARE) as usize);
+        let budget = MIN_QUARANTINE_BUDGET.max(sys::resident_bytes());
         let now = sys::coarse_ms() as u32;
         let young = |t: &Trailer| u64::from(now.wrapping_sub(t.tick)) < min_age_ms;
         let lock = SCAN_LOCK.lock();
@@ -193,7 +191,6 @@ impl Scanner {
             return Outcome::GaveUp;
         }
         self.last_scan_tick = Some(now);
-        self.last_live_bytes = result.live_bytes;
         // Cleared blocks that were freed since need no remembering.
         self.cleared.retain(|c| INDEX.is_start(c.start));
 
