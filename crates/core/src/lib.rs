@@ -16,6 +16,8 @@
 //! - [`scan`]: the mark phase (roots → gray → words) and the direct/indirect
 //!   classification of what stays white.
 //! - [`report`]: the versioned report schema every output is rendered from.
+//! - [`fingerprint`]: stable leak-group ids, the same across runs and ASLR.
+//! - [`suppress`]: LeakSanitizer suppression files, parsed and matched.
 //! - [`options`]: `LEAKSCAN_OPTIONS` parsing.
 //!
 //! Memory for the index and the depot comes from a [`backing::Backing`]
@@ -23,7 +25,9 @@
 
 pub mod backing;
 pub mod depot;
+pub mod fingerprint;
 pub mod index;
 pub mod options;
 pub mod report;
 pub mod scan;
+pub mod suppress;

@@ -29,6 +29,8 @@ pub struct Options {
     /// Resolve function/file/line in the agent. Off: frames keep module,
     /// offset and build-id only (no debug info is read at exit).
     pub symbolize: bool,
+    /// A LeakSanitizer suppression file applied when the report is built.
+    pub suppressions: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             verbosity: 1,
             enabled: true,
             symbolize: true,
+            suppressions: None,
         }
     }
 }
@@ -149,6 +152,12 @@ impl Options {
             }
             "enabled" => self.enabled = boolean(value)?,
             "symbolize" => self.symbolize = boolean(value)?,
+            "suppressions" => {
+                if value.is_empty() {
+                    return Err("empty path".into());
+                }
+                self.suppressions = Some(value.to_string());
+            }
             _ => return Err("unknown option".into()),
         }
         Ok(())
@@ -186,8 +195,11 @@ mod tests {
 
     #[test]
     fn lsan_names_are_accepted() {
-        let (o, e) = Options::parse("detect_leaks=0:malloc_context_size=4:symbolize=0");
+        let (o, e) = Options::parse(
+            "detect_leaks=0:malloc_context_size=4:symbolize=0:suppressions=/x/lsan.supp",
+        );
         assert!(e.is_empty());
+        assert_eq!(o.suppressions.as_deref(), Some("/x/lsan.supp"));
         assert!(!o.leak_check_at_exit);
         assert!(!o.symbolize);
         assert_eq!(o.stack_depth, 4);
