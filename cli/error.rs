@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 use leakscan_core::report::ReportError;
+use leakscan_core::suppress::ParseError;
 
 #[derive(Debug)]
 pub enum Error {
@@ -58,6 +59,25 @@ pub enum Error {
         source: ReportError,
     },
     Output {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A file an option names (suppressions, baseline) cannot be read.
+    ReadInput {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Suppressions {
+        path: PathBuf,
+        source: ParseError,
+    },
+    /// `LEAKSCAN_OPTIONS=suppressions=` names a file that is unusable.
+    OptionSuppressions(String),
+    DebugDir(PathBuf),
+    SourceRoot(PathBuf),
+    /// `--dir D` that cannot be listed.
+    ReadDir {
         path: PathBuf,
         source: io::Error,
     },
@@ -132,6 +152,23 @@ impl fmt::Display for Error {
             Error::Output { path, source } => {
                 write!(f, "cannot write {}: {}", path.display(), os(source))
             }
+            Error::ReadInput { what, path, source } => {
+                write!(f, "cannot read {what} {}: {}", path.display(), os(source))
+            }
+            Error::Suppressions { path, source } => {
+                write!(f, "suppression file {}: {source}", path.display())
+            }
+            Error::OptionSuppressions(msg) => write!(f, "LEAKSCAN_OPTIONS: {msg}"),
+            Error::DebugDir(path) => write!(f, "--debug-dir {}: not a directory", path.display()),
+            Error::SourceRoot(path) => {
+                write!(f, "--source-root {}: not a directory", path.display())
+            }
+            Error::ReadDir { path, source } => write!(
+                f,
+                "cannot list report directory {}: {}",
+                path.display(),
+                os(source)
+            ),
         }
     }
 }

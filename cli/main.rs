@@ -1,8 +1,9 @@
 //! `leakscan`: run programs under the leak detector and render its reports.
 //!
 //! This file only parses, dispatches and maps the outcome to an exit status:
-//! what the command reports (the program's status, `--error-exitcode`,
-//! 128+signal), or 2 with one line on stderr when leakscan itself failed.
+//! what the command reports (`run`: the program's status, `--error-exitcode`,
+//! 128+signal; `report`: 0, or 1 for leaks with `--fail-on-leaks`), or 2 with
+//! one line on stderr when leakscan itself failed.
 
 mod args;
 mod elf;
@@ -13,6 +14,9 @@ mod report;
 mod reportdir;
 mod run;
 mod settings;
+mod source;
+mod symbolize;
+mod view;
 
 use std::process::ExitCode;
 
