@@ -56,9 +56,11 @@ impl View {
                 return Err(Error::DebugDir(dir.clone()));
             }
         }
+        // The root need not exist here: SARIF may be made on another
+        // machine than the one that built the program.
         let source_root = match args.source_root {
-            Some(dir) if dir.is_dir() => std::path::absolute(&dir).unwrap_or(dir),
-            Some(dir) => return Err(Error::SourceRoot(dir)),
+            Some(dir) if dir.exists() && !dir.is_dir() => return Err(Error::SourceRoot(dir)),
+            Some(dir) => std::path::absolute(&dir).unwrap_or(dir),
             None => default_source_root(),
         };
         Ok(View {

@@ -421,7 +421,11 @@ pub fn add_suppression_use(list: &mut Vec<SuppressionUse>, used: SuppressionUse)
             u.blocks += used.blocks;
             u.bytes += used.bytes;
         }
-        None => list.push(used),
+        None => {
+            list.push(used);
+            // In rule order, as LeakSanitizer lists them.
+            list.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.cmp(&b.line)));
+        }
     }
 }
 
