@@ -143,7 +143,7 @@ pub fn collect(run_dir: &Path, report_dir: &Path) -> Collected {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leakscan_core::report::{Process, Scan, Summary, Tool, Trigger, SCHEMA_VERSION};
+    use leakscan_core::report::{Process, Trigger};
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -208,28 +208,12 @@ mod tests {
     }
 
     fn report(pid: u32) -> Report {
-        Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::current(),
-            process: Process {
-                pid,
-                exe: "/bin/p".into(),
-                argv: vec!["p".into()],
-            },
-            scan: Scan {
-                trigger: Trigger::Exit,
-                number: 1,
-                duration_ms: 0.0,
-                scanned_bytes: 0,
-                live_blocks: 0,
-                live_bytes: 0,
-            },
-            summary: Summary::default(),
-            leaks: vec![],
-            children: vec![],
-            suppressions: vec![],
-            omitted: Default::default(),
-        }
+        let process = Process {
+            pid,
+            exe: "/bin/p".into(),
+            argv: vec!["p".into()],
+        };
+        Report::blank(process, Trigger::Exit)
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use leakscan_core::report::{Process, Report, Scan, Summary, Tool, Trigger, SCHEMA_VERSION};
+use leakscan_core::report::{Process, Report, Trigger};
 use leakscan_platform::user::{signal_name, ShellSignals};
 
 use crate::args::Format;
@@ -183,24 +183,7 @@ fn stand_in(pid: u32, program: &OsStr, args: &[OsString]) -> Report {
         .chain(args.iter().map(OsString::as_os_str))
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    Report {
-        schema_version: SCHEMA_VERSION,
-        tool: Tool::current(),
-        process: Process { pid, exe, argv },
-        scan: Scan {
-            trigger: Trigger::Exit,
-            number: 0,
-            duration_ms: 0.0,
-            scanned_bytes: 0,
-            live_blocks: 0,
-            live_bytes: 0,
-        },
-        summary: Summary::default(),
-        leaks: Vec::new(),
-        children: Vec::new(),
-        suppressions: Vec::new(),
-        omitted: Default::default(),
-    }
+    Report::blank(Process { pid, exe, argv }, Trigger::Exit)
 }
 
 fn no_report_reason(status: ProgramStatus) -> String {

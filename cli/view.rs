@@ -220,9 +220,7 @@ pub fn any_leaks(reports: &[Report]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leakscan_core::report::{
-        Frame, GroupCounts, LeakGroup, Process, Scan, Tool, Trigger, SCHEMA_VERSION,
-    };
+    use leakscan_core::report::{Frame, GroupCounts, LeakGroup, Process, Trigger};
 
     fn group(kind: LeakKind, function: &str, count: u64, bytes: u64) -> LeakGroup {
         LeakGroup {
@@ -246,32 +244,20 @@ mod tests {
         }
     }
 
-    pub fn report(groups: Vec<LeakGroup>) -> Report {
+    fn report(groups: Vec<LeakGroup>) -> Report {
         let mut summary = Summary::default();
         for g in &groups {
             summary.add(g.kind, g.count, g.bytes);
         }
+        let process = Process {
+            pid: 1,
+            exe: "/bin/p".into(),
+            argv: vec!["p".into()],
+        };
         Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::current(),
-            process: Process {
-                pid: 1,
-                exe: "/bin/p".into(),
-                argv: vec!["p".into()],
-            },
-            scan: Scan {
-                trigger: Trigger::Exit,
-                number: 1,
-                duration_ms: 0.0,
-                scanned_bytes: 0,
-                live_blocks: 0,
-                live_bytes: 0,
-            },
             summary,
             leaks: groups,
-            children: vec![],
-            suppressions: vec![],
-            omitted: Default::default(),
+            ..Report::blank(process, Trigger::Exit)
         }
     }
 

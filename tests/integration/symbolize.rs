@@ -12,8 +12,11 @@ use leakscan_core::report::{Frame, Report};
 
 use crate::harness::{check_fixture, leakscan, read_report, run, Run, FIXTURE_TIME_LIMIT};
 
-/// The program's own frames of every group: (id, [(function, file, line)]).
-fn own_frames(report: &Report, module_name: &str) -> Vec<(String, Vec<(String, String, u32)>)> {
+/// (function, file, line) of one frame.
+type Place = (String, String, u32);
+
+/// The program's own frames of every group, with the group's id.
+fn own_frames(report: &Report, module_name: &str) -> Vec<(String, Vec<Place>)> {
     report
         .leaks
         .iter()

@@ -361,6 +361,28 @@ fn versioned(text: &str) -> Result<serde_json::Value, ReportError> {
 }
 
 impl Report {
+    /// A report of `process` with nothing in it yet.
+    pub fn blank(process: Process, trigger: Trigger) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::current(),
+            process,
+            scan: Scan {
+                trigger,
+                number: 0,
+                duration_ms: 0.0,
+                scanned_bytes: 0,
+                live_blocks: 0,
+                live_bytes: 0,
+            },
+            summary: Summary::default(),
+            leaks: Vec::new(),
+            children: Vec::new(),
+            suppressions: Vec::new(),
+            omitted: Omitted::default(),
+        }
+    }
+
     /// Parse a report, checking its schema version first so that a newer
     /// report gets a clear message instead of a field-level error.
     pub fn from_json(text: &str) -> Result<Report, ReportError> {

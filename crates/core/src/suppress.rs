@@ -274,22 +274,12 @@ mod tests {
         let mut summary = Summary::default();
         summary.add(LeakKind::Direct, 3, 96);
         summary.add(LeakKind::Indirect, 1, 16);
+        let process = crate::report::Process {
+            pid: 1,
+            exe: "/bin/p".into(),
+            argv: vec![],
+        };
         let mut report = Report {
-            schema_version: crate::report::SCHEMA_VERSION,
-            tool: crate::report::Tool::current(),
-            process: crate::report::Process {
-                pid: 1,
-                exe: "/bin/p".into(),
-                argv: vec![],
-            },
-            scan: crate::report::Scan {
-                trigger: crate::report::Trigger::Exit,
-                number: 1,
-                duration_ms: 0.0,
-                scanned_bytes: 0,
-                live_blocks: 0,
-                live_bytes: 0,
-            },
             summary,
             leaks: vec![
                 group(
@@ -311,9 +301,7 @@ mod tests {
                     vec![frame("/bin/p", Some("drop_me"), None)],
                 ),
             ],
-            children: vec![],
-            suppressions: vec![],
-            omitted: Default::default(),
+            ..Report::blank(process, crate::report::Trigger::Exit)
         };
         let sets = [Suppressions::parse("s.supp", "leak:nothing\nleak:drop").unwrap()];
         apply(&mut report, &sets);
