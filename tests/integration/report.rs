@@ -380,3 +380,26 @@ fn run_refuses_a_bad_suppressions_option_before_running() {
     one_error_line(&out, "missing.supp");
     assert!(!marker.exists(), "the program ran");
 }
+
+#[test]
+fn a_terminal_gets_coloured_text_by_default() {
+    let (dir, file) = leaking("report_terminal");
+    // util-linux's `script` (Debian: bsdutils, always installed) gives
+    // leakscan a pseudo-terminal for stdout.
+    let command = format!(
+        "{} report {}",
+        env!("CARGO_BIN_EXE_leakscan"),
+        file.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    let out = run(&mut cmd, &dir, "terminal", FIXTURE_TIME_LIMIT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = stdout(&out);
+    assert!(
+        text.contains("\x1b[1;31mDirect leak\x1b[0m of 48 bytes"),
+        "{text}"
+    );
+}
