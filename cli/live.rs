@@ -16,11 +16,10 @@ use std::time::Duration;
 use leakscan_core::control::{Reply, Request};
 use leakscan_core::report::Report;
 
-use crate::args::{Format, ScanArgs};
+use crate::args::{Format, ReportArgs, ScanArgs, ViewArgs};
 use crate::error::Error;
 use crate::output::Destination;
-use crate::render;
-use crate::settings::{self, Env};
+use crate::settings::{Env, ReportSettings};
 
 /// How long a scan may take before we give up waiting (a scan of a few GiB
 /// takes seconds; a process stopped in a debugger never answers).
@@ -175,15 +174,20 @@ pub fn ps(report_dir: &Path) -> Vec<Running> {
     out
 }
 
-/// `leakscan scan PID`: the report, rendered, on stdout.
-pub fn run_scan(report_dir: &Path, args: &ScanArgs, env: &Env) -> Result<u8, Error> {
-    let report = scan(report_dir, args.pid, args.min_age)?;
-    let dest = Destination::Stdout;
-    let color = settings::use_color(args.color, &dest, args.format, env.no_color);
-    dest.write(&render::render(&report, args.format, color))?;
-    Ok(u8::from(
-        args.fail_on_leaks && report.summary.leaked_blocks > 0,
-    ))
+/// `leakscan scan PID`: `leakscan report --pid PID`, JSON by default.
+pub fn run_scan(args: ScanArgs, env: &Env) -> Result<u8, Error> {
+    let report_args = ReportArgs {
+        file: None,
+        dir: None,
+        pid: Some(args.pid),
+        min_age: args.min_age,
+        format: Some(args.format),
+        output: None,
+        color: args.color,
+        fail_on_leaks: args.fail_on_leaks,
+        view: ViewArgs::default(),
+    };
+    crate::report::run(&ReportSettings::new(report_args, env)?)
 }
 
 /// `leakscan clear PID`: one line saying what was cleared.
@@ -223,7 +227,9 @@ pub fn run_stats(report_dir: &Path, pid: u32) -> Result<u8, Error> {
 pub fn run_ps(report_dir: &Path, format: Format) -> Result<u8, Error> {
     let running = ps(report_dir);
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(&running).unwrap_or_default() + "\n",
+        Format::Json | Format::Sarif => {
+            serde_json::to_string_pretty(&running).unwrap_or_default() + "\n"
+        }
         Format::Text => {
             let mut t = format!("{:>8}  {}\n", "PID", "COMMAND");
             for r in &running {
