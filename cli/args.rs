@@ -63,8 +63,8 @@ pub struct ScanArgs {
     /// Process id.
     #[arg(value_name = "PID")]
     pub pid: u32,
-    /// Report blocks older than this many seconds (default: the process's
-    /// min_age, 5 s unless set).
+    /// Report only blocks older than SECONDS (default: every block left
+    /// unreferenced by two back-to-back scans, whatever its age).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub min_age: Option<u64>,
     /// Output format.
@@ -149,8 +149,8 @@ pub struct ReportArgs {
     /// show its report: the leaks it has made so far.
     #[arg(long, value_name = "P", conflicts_with_all = ["file", "dir"])]
     pub pid: Option<u32>,
-    /// With --pid: report blocks older than SECONDS (default: the
-    /// process's min_age, 5 s unless set).
+    /// With --pid: report only blocks older than SECONDS (default: every
+    /// block left unreferenced by two back-to-back scans, whatever its age).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "pid")]
     pub min_age: Option<u64>,
     /// Output format [default: text on a terminal, else json].

@@ -62,27 +62,43 @@ fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// How long to wait for the socket of a process that has none yet: one
+/// started a moment ago (`prog & leakscan report --pid $!`) binds it as
+/// soon as its scanner thread runs.
+const SOCKET_WAIT: Duration = Duration::from_secs(3);
+
 /// The control socket of `pid`, or why there is none.
 fn socket_of(report_dir: &Path, pid: u32) -> Result<PathBuf, Error> {
-    if !process_exists(pid) {
-        return Err(Error::Control(format!("process {pid} is not running")));
+    let deadline = std::time::Instant::now() + SOCKET_WAIT;
+    loop {
+        if !process_exists(pid) {
+            return Err(Error::Control(format!("process {pid} is not running")));
+        }
+        if let Some(path) = find_socket(report_dir, pid) {
+            return Ok(path);
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Err(Error::Control(format!(
+        "process {pid} has no leakscan control socket in {} (is it running with \
+         libleakscan.so, with the same report_dir, and control_socket=1?)",
+        report_dir.display()
+    )))
+}
+
+fn find_socket(report_dir: &Path, pid: u32) -> Option<PathBuf> {
     // The direct path first: it needs no permission to list the directory.
     let direct = report_dir.join(format!("{pid}.sock"));
     if direct.exists() {
-        return Ok(direct);
+        return Some(direct);
     }
     sockets(report_dir)
         .into_iter()
         .find(|(p, _)| *p == pid)
         .map(|(_, path)| path)
-        .ok_or_else(|| {
-            Error::Control(format!(
-                "process {pid} has no leakscan control socket in {} (is it running with \
-                 libleakscan.so, with the same report_dir, and control_socket=1?)",
-                report_dir.display()
-            ))
-        })
 }
 
 /// Send one request to the socket at `path` and read the reply.

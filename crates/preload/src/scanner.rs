@@ -27,9 +27,10 @@
 //! 4. its contents did not change between them (checksum): a block whose
 //!    contents change is in use.
 //!
-//! A scan asked for over the socket runs a second scan at once when the
-//! first found unconfirmed candidates, so `leakscan report --pid` answers
-//! with the leaks made so far rather than "ask again later".
+//! A scan asked for over the socket applies no minimum age unless asked
+//! to, and runs a second scan at once when the first found unconfirmed
+//! candidates, so `leakscan report --pid` answers with the leaks made so
+//! far rather than "ask again later".
 //!
 //! ## Lock story
 //!
@@ -256,22 +257,23 @@ impl Scanner {
     }
 
     fn answer(&mut self, g: &Guard, request: Request) -> Reply {
-        let opts = options();
         match request {
             Request::Ping => Reply {
                 process: Some(report::process_info()),
                 ..Reply::success()
             },
+            // Someone asked now, for the leaks made so far: no minimum age
+            // unless the request sets one (the two back-to-back scans still
+            // guard against pointers in flight).
             Request::Scan { min_age_ms } => {
-                let min_age = min_age_ms.unwrap_or(opts.min_age_ms);
-                report_reply(self.scan(g, Trigger::Request, min_age, true))
+                report_reply(self.scan(g, Trigger::Request, min_age_ms.unwrap_or(0), true))
             }
             Request::Report => match self.last_report.clone() {
                 Some(report) => Reply {
                     report: Some(report),
                     ..Reply::success()
                 },
-                None => report_reply(self.scan(g, Trigger::Request, opts.min_age_ms, true)),
+                None => report_reply(self.scan(g, Trigger::Request, 0, true)),
             },
             Request::Clear => {
                 let mut cleared = Cleared::default();
