@@ -257,7 +257,6 @@ fn check_locked(
         _ => roots.threads_running(),
     }
     roots.registered_regions(regions.as_slice());
-    roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
     // SAFETY: stopped threads cannot free, and frees by the others are
@@ -547,6 +546,10 @@ impl Roots<'_, '_> {
         let Some(n) = maps::read_maps(text) else {
             return false;
         };
+        // Taken after /proc/self/maps was read: a mapping leakscan made
+        // since the last check (an index chunk a program thread added a
+        // moment ago) must be excluded too.
+        self.own_memory();
         self.deferred_mappings();
         // Take the list out of `self` while `self` scans; it is complete now.
         // Sorted and merged, its ends increase too, so the first range that

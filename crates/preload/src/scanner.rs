@@ -367,6 +367,7 @@ impl Scanner {
         }
         let opts = options();
         let last = self.last;
+        let own = mem::registry_usage();
         Stats {
             live_blocks: blocks,
             live_bytes: bytes,
@@ -380,6 +381,8 @@ impl Scanner {
             cleared_blocks: self.cleared.len() as u64,
             scan_interval_ms: opts.scan_interval_ms,
             min_age_ms: opts.min_age_ms,
+            own_mappings: own.0 as u64,
+            unregistered_mappings: own.1 as u64,
         }
     }
 
