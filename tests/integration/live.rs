@@ -493,6 +493,34 @@ fn a_churning_server_is_reported_exactly_and_in_time() {
 }
 
 #[test]
+fn realloc_keeps_the_usable_size_while_scans_defer_frees() {
+    let dir = workdir("live_usable_size");
+    let binary = build(&Spec::load("live_usable_size.c"), &dir);
+    let mut live = Live::start(&dir, &binary, &["4"], "scan_interval=0.01:min_age=0");
+    let mut stdout = String::new();
+    live.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = live.child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "status 3: realloc lost bytes malloc_usable_size promised ({stdout})"
+    );
+    let report = parse_report(
+        &fs::read_to_string(live.reports.join(format!("{}.json", live.pid()))).unwrap(),
+    );
+    assert!(
+        report.scan.number > 20,
+        "too few scans ran: {:?}",
+        report.scan
+    );
+}
+
+#[test]
 fn eight_threads_churning_under_scans_every_100ms() {
     const SECONDS: u64 = 30;
     let dir = workdir("live_stress");

@@ -208,6 +208,10 @@ pub struct Stats {
     /// Blocks freed during the last scan and held back until it ended.
     pub last_quarantine_blocks: u64,
     pub last_quarantine_bytes: u64,
+    /// Live scans that gave up (their quarantine outgrew its budget, or
+    /// the process started to exit) and were retried at the next period.
+    #[serde(default)]
+    pub gave_up_scans: u64,
     /// Leaked blocks in the last report, and blocks cleared since start.
     pub reported_blocks: u64,
     pub cleared_blocks: u64,

@@ -541,6 +541,18 @@ impl<B: Backing> PageMap<B> {
         word.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 
+    /// Forget the mark of a block that is going away while a scan runs, so a
+    /// new block the allocator puts at the same address during that scan
+    /// does not start out "reached" (it would then never be scanned).
+    pub fn unmark(&self, start: usize) {
+        if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
+            let (w, bit) = Self::granule_bit(start);
+            if node.marks[w].load(Ordering::Relaxed) & bit != 0 {
+                node.marks[w].fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Whether the block starting at `start` is marked as reached.
     #[inline]
     pub fn is_marked(&self, start: usize) -> bool {

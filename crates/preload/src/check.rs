@@ -56,7 +56,7 @@ use leakscan_platform::{maps, modules, real, sys, threads as pt};
 use crate::annotations;
 use crate::guard::Guard;
 use crate::quarantine;
-use crate::state::{INDEX, OWN_BASE, SCAN_GEN};
+use crate::state::{CURBRK, INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, GHOST, LIVE, SLOTS};
 use crate::trailer::{self, Trailer};
@@ -338,6 +338,16 @@ unsafe fn checksum(start: usize, size: usize) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Where a thread's static TLS begins. glibc's static TLS size
+/// (`_dl_get_tls_static_info`) includes the TCB, which lies above the
+/// thread pointer; counting it below as well would reach past the TLS block
+/// into whatever is mapped under it — for the main thread, whose TLS ld.so
+/// allocates on its own, possibly one of leakscan's mappings (an index
+/// chunk, whose page and cover words would then keep blocks "referenced").
+fn tls_below(tp: usize, tls_size: usize, tcb_size: usize) -> usize {
+    tp.saturating_sub(tls_size.saturating_sub(tcb_size))
+}
+
 /// Merge overlapping or touching ranges of a sorted list, in place.
 fn coalesce(ranges: &mut ScratchVec<(usize, usize)>) {
     let list = ranges.as_mut_slice();
@@ -370,16 +380,25 @@ impl Roots<'_, '_> {
     /// loader lock, so they are read in place; live mode copies them (a
     /// module may be dlclose'd mid-scan).
     fn globals(&mut self, segments: &[(usize, usize, bool)], mode: Mode) {
+        // glibc's `__curbrk` is the heap's end, not a pointer to a block.
+        let curbrk = CURBRK.load(Ordering::Relaxed);
         for &(start, end, scan) in segments {
-            self.excluded.push((start, end));
+            let _ = self.excluded.push((start, end));
             if !scan {
                 continue;
             }
-            match mode {
-                // SAFETY: PT_LOAD segments of a loaded module are mapped
-                // and readable while the loader lock is held.
-                Mode::Exact { .. } => unsafe { self.marker.scan_range(start, end - start) },
-                Mode::Live { .. } => self.copied(start, end),
+            let pieces = if start <= curbrk && curbrk + 8 <= end {
+                [(start, curbrk), (curbrk + 8, end)]
+            } else {
+                [(start, end), (end, end)]
+            };
+            for (lo, hi) in pieces.into_iter().filter(|(lo, hi)| hi > lo) {
+                match mode {
+                    // SAFETY: PT_LOAD segments of a loaded module are mapped
+                    // and readable while the loader lock is held.
+                    Mode::Exact { .. } => unsafe { self.marker.scan_range(lo, hi - lo) },
+                    Mode::Live { .. } => self.copied(lo, hi),
+                }
             }
         }
     }
@@ -433,7 +452,7 @@ impl Roots<'_, '_> {
             }
             if let Some((tls_size, tcb_size)) = tls {
                 let tp = slot.tp.load(Ordering::Relaxed);
-                self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
+                self.copied(tls_below(tp, tls_size, tcb_size), tp + tcb_size);
             }
         }
         self.dead_threads();
@@ -458,7 +477,7 @@ impl Roots<'_, '_> {
             self.resident(lo, hi);
             if let Some((tls_size, tcb_size)) = tls {
                 let tp = slot.tp.load(Ordering::Relaxed);
-                self.copied(tp.saturating_sub(tls_size), tp + tcb_size);
+                self.copied(tls_below(tp, tls_size, tcb_size), tp + tcb_size);
             }
         }
         self.dead_threads();

@@ -131,6 +131,10 @@ extern "C" fn init() {
     }
     threads::init(&g);
     cxx::init(&g);
+    state::CURBRK.store(
+        leakscan_platform::threads::global_symbol(c"__curbrk"),
+        Ordering::Relaxed,
+    );
     threads::register_current(&g);
     sys::at_fork(None, None, Some(in_fork_child));
     sys::at_exit(at_exit);

@@ -66,6 +66,7 @@ pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
 /// `p` is a live glibc block with at least 8 usable bytes that nobody else
 /// will use or free.
 pub unsafe fn defer(p: *mut u8) {
+    crate::state::INDEX.unmark(p as usize);
     DEFERRED_BLOCKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: p is a live glibc block.
     let size = unsafe { real::usable_size(p) };

@@ -113,6 +113,8 @@ struct Scanner {
     last_report: Option<Report>,
     /// Time of the last live scan's start.
     last_scan_tick: Option<u32>,
+    /// Live scans that gave up (quarantine over budget, exit).
+    gave_up: u64,
     last: Option<LastScan>,
 }
 
@@ -143,6 +145,7 @@ impl Scanner {
             cleared: Vec::new(),
             last_report: None,
             last_scan_tick: None,
+            gave_up: 0,
             last: None,
         }
     }
@@ -189,6 +192,7 @@ impl Scanner {
             quarantined: result.quarantined,
         });
         if !result.complete {
+            self.gave_up += 1;
             return Outcome::GaveUp;
         }
         self.last_scan_tick = Some(now);
@@ -377,6 +381,7 @@ impl Scanner {
             last_scanned_bytes: last.map_or(0, |l| l.scanned_bytes),
             last_quarantine_blocks: last.map_or(0, |l| l.quarantined.0 as u64),
             last_quarantine_bytes: last.map_or(0, |l| l.quarantined.1 as u64),
+            gave_up_scans: self.gave_up,
             reported_blocks: self.reported.len() as u64,
             cleared_blocks: self.cleared.len() as u64,
             scan_interval_ms: opts.scan_interval_ms,

@@ -26,6 +26,11 @@ pub static STACK_DEPTH: AtomicUsize = AtomicUsize::new(16);
 pub static OWN_TEXT: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
 /// Load base of the library, to exclude its data from roots.
 pub static OWN_BASE: AtomicUsize = AtomicUsize::new(0);
+/// Address of glibc's `__curbrk` (0 if unknown): the current end of the
+/// brk heap, a global that is not a pointer to any block but equals the
+/// start of whichever block glibc next carves at the heap's end. Scanned as
+/// a root it would keep such a block "referenced" until the heap grows.
+pub static CURBRK: AtomicUsize = AtomicUsize::new(0);
 
 static OPTIONS: OnceLock<Options> = OnceLock::new();
 
