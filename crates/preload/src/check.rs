@@ -49,12 +49,13 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use leakscan_core::backing::BackedVec;
-use leakscan_core::scan::{classify, Extent, Marker};
+use leakscan_core::scan::{classify, Extent, MarkPool, Marker};
 use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
 use crate::annotations;
 use crate::guard::Guard;
+use crate::markers;
 use crate::quarantine;
 use crate::state::{INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
@@ -116,9 +117,9 @@ const PAGE: usize = 4096;
 const RED_ZONE: usize = 128;
 const COPY_BUF: usize = 256 * 1024;
 
-type ExtentOf = fn(usize) -> Extent;
+pub(crate) type ExtentOf = fn(usize) -> Extent;
 
-fn block_extent(start: usize) -> Extent {
+pub(crate) fn block_extent(start: usize) -> Extent {
     let t = live_trailer(start);
     Extent {
         size: t.size,
@@ -181,19 +182,22 @@ pub fn run(g: &Guard, mode: Mode, excused: &dyn Fn(usize, &Trailer) -> bool) -> 
     let Some(mut scratch) = Scratch::new() else {
         return result;
     };
+    // Helper markers are created now, if need be: creating a thread
+    // allocates, which it must not do once the world is stopped.
+    let helpers = markers::prepare(g);
     match mode {
         Mode::Exact { .. } => {
             let mut ran = false;
             modules::for_each_module(|_| {
                 ran = true;
-                check_locked(g, mode, excused, &mut scratch, &mut result);
+                check_locked(g, mode, excused, helpers, &mut scratch, &mut result);
                 false
             });
             if !ran {
-                check_locked(g, mode, excused, &mut scratch, &mut result);
+                check_locked(g, mode, excused, helpers, &mut scratch, &mut result);
             }
         }
-        Mode::Live { .. } => check_locked(g, mode, excused, &mut scratch, &mut result),
+        Mode::Live { .. } => check_locked(g, mode, excused, helpers, &mut scratch, &mut result),
     }
     result.quarantined = quarantine::deferred();
     quarantine::end(!matches!(mode, Mode::Exact { exiting: true, .. }));
@@ -220,6 +224,7 @@ fn check_locked(
     g: &Guard,
     mode: Mode,
     excused: &dyn Fn(usize, &Trailer) -> bool,
+    helpers: usize,
     scratch: &mut Scratch,
     result: &mut CheckResult,
 ) {
@@ -259,8 +264,23 @@ fn check_locked(
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
     // SAFETY: stopped threads cannot free, and frees by the others are
-    // deferred by the quarantine: tracked blocks stay mapped.
-    let drained = roots_done && unsafe { marker.drain_until(give_up) };
+    // deferred by the quarantine: tracked blocks stay mapped (for the
+    // helpers too: `with_helpers` returns only once they let go).
+    let drained = roots_done
+        && if helpers == 0 {
+            unsafe { marker.drain_until(give_up) }
+        } else {
+            let pool = MarkPool::new(&marker);
+            let job = markers::Job {
+                pool: &pool,
+                give_up: &give_up,
+            };
+            let drained = markers::with_helpers(&job, || unsafe {
+                marker.drain_shared(&pool, give_up, markers::pause)
+            });
+            marker.absorb(&pool);
+            drained
+        };
     let live = matches!(mode, Mode::Live { .. });
     let mut recorded_all = true;
     let is_excused = |start: usize| {

@@ -36,6 +36,7 @@ mod check;
 mod cxx;
 mod guard;
 mod hooks;
+mod markers;
 mod own_heap;
 mod quarantine;
 mod report;
@@ -151,6 +152,7 @@ unsafe extern "C" fn in_fork_child() {
     threads::after_fork_in_child();
     quarantine::after_fork_in_child();
     annotations::after_fork_in_child();
+    markers::after_fork_in_child();
     state::SCAN_LOCK.reset();
     if let Some(g) = Guard::enter() {
         scanner::after_fork_in_child(&g);
