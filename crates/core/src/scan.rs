@@ -165,7 +165,8 @@ impl<B: Backing> GrayStack<B> {
 
     /// Take the older part of the stack off for another marker: the chunk
     /// under the top one if there is one, else the older half of the top
-    /// chunk moved into a chunk of its own. `None` if fewer than two items
+    /// chunk moved into a chunk of its own, or the top chunk itself if all
+    /// it holds is the rest of a big block. `None` if fewer than two items
     /// are left (or no chunk could be had). The chunk is no longer ours.
     fn split_off(&mut self) -> Option<*mut GrayChunk> {
         // SAFETY: `top` is null or a chunk we own exclusively.
@@ -179,6 +180,13 @@ impl<B: Backing> GrayStack<B> {
             }
         }
         let len = top.len;
+        if len == 1 && top.items[0].1 > SCAN_CHUNK {
+            // The unscanned rest of a big block: worth a marker of its own.
+            let whole = self.top;
+            self.top = top.prev;
+            top.prev = core::ptr::null_mut();
+            return Some(whole);
+        }
         if len < 2 {
             return None;
         }
@@ -538,6 +546,10 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
                 // time keeps the gray stack, and leakscan's memory, small.
                 self.gray.push(start + SCAN_CHUNK, size - SCAN_CHUNK);
                 size = SCAN_CHUNK;
+                // Let a waiting marker scan the rest meanwhile.
+                if let Some(pool) = pool.filter(|p| p.hungry()) {
+                    self.share(pool);
+                }
             }
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };

@@ -263,24 +263,7 @@ fn check_locked(
     roots.own_memory();
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
-    // SAFETY: stopped threads cannot free, and frees by the others are
-    // deferred by the quarantine: tracked blocks stay mapped (for the
-    // helpers too: `with_helpers` returns only once they let go).
-    let drained = roots_done
-        && if helpers == 0 {
-            unsafe { marker.drain_until(give_up) }
-        } else {
-            let pool = MarkPool::new(&marker);
-            let job = markers::Job {
-                pool: &pool,
-                give_up: &give_up,
-            };
-            let drained = markers::with_helpers(&job, || unsafe {
-                marker.drain_shared(&pool, give_up, markers::pause)
-            });
-            marker.absorb(&pool);
-            drained
-        };
+    let drained = roots_done && drain(&mut marker, helpers, &give_up);
     let live = matches!(mode, Mode::Live { .. });
     let mut recorded_all = true;
     let is_excused = |start: usize| {
@@ -313,6 +296,32 @@ fn check_locked(
     if let Some((stop, _)) = stop {
         stop::resume_others(stop);
     }
+}
+
+/// Scan gray blocks until none is left, on this thread and `helpers`
+/// helper markers; false if `give_up` said so.
+fn drain(
+    marker: &mut Marker<'_, MmapBacking, ExtentOf>,
+    helpers: usize,
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> bool {
+    if helpers == 0 {
+        // SAFETY: stopped threads cannot free, and frees by the others are
+        // deferred by the quarantine: tracked blocks stay mapped.
+        return unsafe { marker.drain_until(give_up) };
+    }
+    let pool = MarkPool::new(marker);
+    let job = markers::Job {
+        pool: &pool,
+        give_up,
+    };
+    let drained = markers::with_helpers(&job, || {
+        // SAFETY: as above; for the helpers too, since `with_helpers`
+        // returns only once they have let go of the pool.
+        unsafe { marker.drain_shared(&pool, give_up, markers::pause) }
+    });
+    marker.absorb(&pool);
+    drained
 }
 
 /// A fast hash of a block's contents (FNV-style over 64-bit words, with a

@@ -115,7 +115,8 @@ pub fn prepare(_g: &Guard) -> usize {
                 stack as *mut u8,
                 STACK_BYTES,
                 helper_main,
-                core::ptr::null_mut(),
+                // Jobs posted after this one are the helper's to join.
+                POSTED.load(Ordering::Acquire) as usize as *mut c_void,
             )
         };
         if !started {
@@ -159,10 +160,11 @@ pub fn pause(round: u32) {
     }
 }
 
-extern "C" fn helper_main(_arg: *mut c_void) -> *mut c_void {
+extern "C" fn helper_main(posted_before: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let _g = Guard::enter_reentrant();
-    let mut seen = POSTED.load(Ordering::Acquire);
+    // Not POSTED as it is now: the job that made us may be posted already.
+    let mut seen = posted_before as usize as u32;
     loop {
         let posted = POSTED.load(Ordering::Acquire);
         if posted == seen {
