@@ -18,7 +18,8 @@
 //!   main thread, a fork handler and the exit check.
 //! - Threads register from our `pthread_create` trampoline ([`threads`]).
 //! - fork: the child keeps tracking its own heap; the parent's other threads
-//!   become ghosts whose stacks are roots. exec: the new image loads the
+//!   become ghosts whose stacks are roots; the parent's scanner and helper
+//!   marker threads ([`markers`]) are gone, and the child makes its own. exec: the new image loads the
 //!   library afresh, and its report is its own.
 //! - exit: [`at_exit`] runs the check; the report is `<pid>.json`.
 //!
