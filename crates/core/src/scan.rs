@@ -43,6 +43,10 @@ use crate::index::{Bounds, PageMap};
 
 /// Bytes of a gray block scanned before its children are (see `drain`).
 const SCAN_CHUNK: usize = 64 * 1024;
+/// The same with other markers around: the scan of one piece of a big
+/// block is the longest a marker goes without looking whether another
+/// waits for work (a piece of 2048 pointers takes some 100 µs).
+const SHARED_SCAN_CHUNK: usize = 16 * 1024;
 
 /// Gray blocks in flight between prefetch and scan.
 const PREFETCH_RING: usize = 16;
@@ -180,7 +184,7 @@ impl<B: Backing> GrayStack<B> {
             }
         }
         let len = top.len;
-        if len == 1 && top.items[0].1 > SCAN_CHUNK {
+        if len == 1 && top.items[0].1 > SHARED_SCAN_CHUNK {
             // The unscanned rest of a big block: worth a marker of its own.
             let whole = self.top;
             self.top = top.prev;
@@ -501,6 +505,11 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
     ) -> bool {
         let mut budget = GIVE_UP_CHECK;
         let mut share_check = SHARE_CHECK;
+        let piece = if pool.is_some() {
+            SHARED_SCAN_CHUNK
+        } else {
+            SCAN_CHUNK
+        };
         // Prefetch on gray (Boehm, ISMM 2000): a popped block waits in a
         // small ring while its first cache lines load, so the scan of one
         // block overlaps the memory latency of the next few.
@@ -540,12 +549,12 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
-            if size > SCAN_CHUNK {
+            if size > piece {
                 // A big block (an array of a million pointers, say) would
                 // push all its children at once; scanning it a chunk at a
                 // time keeps the gray stack, and leakscan's memory, small.
-                self.gray.push(start + SCAN_CHUNK, size - SCAN_CHUNK);
-                size = SCAN_CHUNK;
+                self.gray.push(start + piece, size - piece);
+                size = piece;
                 // Let a waiting marker scan the rest meanwhile.
                 if let Some(pool) = pool.filter(|p| p.hungry()) {
                     self.share(pool);
