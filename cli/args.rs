@@ -27,7 +27,12 @@ pub enum Command {
     /// found, with 128+S when the program was killed by signal S, and with 2
     /// when leakscan itself could not do its job.
     Run(RunArgs),
-    /// Render one report file written by the agent (JSON by default).
+    /// Show leak reports: one file, or every report in the report directory.
+    ///
+    /// Without FILE, the reports of every process run with the library
+    /// (finished, or running and scanned periodically), newest first. Exits
+    /// 0, or 1 when leaks are shown and --fail-on-leaks is given, or 2 when a
+    /// report cannot be read or an argument is wrong.
     Report(ReportArgs),
     /// Ask a running process (started with libleakscan.so) to scan now and
     /// print its report: the leaks it has made so far.
@@ -58,8 +63,8 @@ pub struct ScanArgs {
     /// Process id.
     #[arg(value_name = "PID")]
     pub pid: u32,
-    /// Report blocks older than this many seconds (default: the process's
-    /// min_age, 5 s unless set).
+    /// Report only blocks older than SECONDS (default: every block left
+    /// unreferenced by two back-to-back scans, whatever its age).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub min_age: Option<u64>,
     /// Output format.
@@ -100,7 +105,7 @@ fn parse_address(v: &str) -> Result<usize, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Output format: text (to stderr) or json (to stdout).
+    /// Output format: text (to stderr), json or sarif (to stdout).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the report to FILE (atomically) instead.
@@ -119,6 +124,8 @@ pub struct RunArgs {
     /// Periodic scans report only blocks older than SECONDS (default 5).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub min_age: Option<u64>,
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// The program to run and its arguments (put them after `--`).
     #[arg(
         value_name = "PROG",
@@ -131,24 +138,85 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The report file (`<report_dir>/<pid>.json`), or `-` for stdin.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    pub format: Format,
+    /// A report file (`<report_dir>/<pid>.json`, or a saved `leakscan
+    /// report` output), or `-` for stdin. Default: the report directory.
+    #[arg(value_name = "FILE", conflicts_with = "dir")]
+    pub file: Option<PathBuf>,
+    /// Show every report in directory D instead of the report directory.
+    #[arg(long, value_name = "D")]
+    pub dir: Option<PathBuf>,
+    /// Ask running process P (started with libleakscan.so) to scan now, and
+    /// show its report: the leaks it has made so far.
+    #[arg(long, value_name = "P", conflicts_with_all = ["file", "dir"])]
+    pub pid: Option<u32>,
+    /// With --pid: report only blocks older than SECONDS (default: every
+    /// block left unreferenced by two back-to-back scans, whatever its age).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "pid")]
+    pub min_age: Option<u64>,
+    /// Output format [default: text on a terminal, else json].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
     /// Write to FILE (atomically) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Colour the text report.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Exit 1 when the reports (after suppressions, baseline and filters)
+    /// still show leaks.
+    #[arg(long)]
+    pub fail_on_leaks: bool,
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+/// What to show of a report; shared by `run` and `report`.
+#[derive(Debug, Args, Default)]
+pub struct ViewArgs {
+    /// LeakSanitizer suppression file (`leak:PATTERN` lines); repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
+    /// List the suppression rules that matched, with what each hid.
+    #[arg(long)]
+    pub print_suppressions: bool,
+    /// Show only leak groups that are not in OLD.json (a saved JSON report),
+    /// or that grew since.
+    #[arg(long, value_name = "OLD.json")]
+    pub baseline: Option<PathBuf>,
+    /// Show only leak groups of at least N bytes.
+    #[arg(long, value_name = "N")]
+    pub min_bytes: Option<u64>,
+    /// Show only the N biggest leak groups of each report.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: Option<u64>,
+    /// Show only direct or only indirect leaks.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Resolve function, file and line of frames that have only module +
+    /// offset + build-id, from debug files found by build-id.
+    #[arg(long)]
+    pub symbolize: bool,
+    /// Look for debug files in DIR too: its `.build-id/xx/rest.debug` tree,
+    /// or unstripped binaries in it (repeatable; implies --symbolize).
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// SARIF paths are relative to DIR [default: the git work tree around
+    /// the current directory, else the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub source_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
     Json,
+    Sarif,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Direct,
+    Indirect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +287,41 @@ mod tests {
             panic!("not run");
         };
         assert_eq!(run.command, ["prog", "--help"]);
+    }
+
+    #[test]
+    fn report_takes_a_file_or_a_directory() {
+        let Command::Report(r) = parse(&["report"]).unwrap().command else {
+            panic!("not report");
+        };
+        assert!(r.file.is_none() && r.dir.is_none() && r.format.is_none());
+        let Command::Report(r) = parse(&[
+            "report",
+            "r.json",
+            "--format",
+            "sarif",
+            "--suppressions",
+            "a.supp",
+            "--suppressions",
+            "b.supp",
+            "--top",
+            "3",
+            "--kind",
+            "direct",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not report");
+        };
+        assert_eq!(r.file.as_deref(), Some(std::path::Path::new("r.json")));
+        assert_eq!(r.format, Some(Format::Sarif));
+        assert_eq!(r.view.suppressions.len(), 2);
+        assert_eq!(r.view.top, Some(3));
+        assert_eq!(r.view.kind, Some(KindArg::Direct));
+        assert!(parse(&["report", "r.json", "--dir", "d"]).is_err());
+        assert!(parse(&["report", "--top", "0"]).is_err());
+        assert!(parse(&["report", "--kind", "both"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 use leakscan_core::report::ReportError;
+use leakscan_core::suppress::ParseError;
 
 #[derive(Debug)]
 pub enum Error {
@@ -63,6 +64,25 @@ pub enum Error {
     },
     /// Talking to a running process failed (already one line).
     Control(String),
+    /// A file an option names (suppressions, baseline) cannot be read.
+    ReadInput {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Suppressions {
+        path: PathBuf,
+        source: ParseError,
+    },
+    /// `LEAKSCAN_OPTIONS=suppressions=` names a file that is unusable.
+    OptionSuppressions(String),
+    DebugDir(PathBuf),
+    SourceRoot(PathBuf),
+    /// `--dir D` that cannot be listed.
+    ReadDir {
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -135,6 +155,23 @@ impl fmt::Display for Error {
                 write!(f, "cannot write {}: {}", path.display(), os(source))
             }
             Error::Control(msg) => f.write_str(msg),
+            Error::ReadInput { what, path, source } => {
+                write!(f, "cannot read {what} {}: {}", path.display(), os(source))
+            }
+            Error::Suppressions { path, source } => {
+                write!(f, "suppression file {}: {source}", path.display())
+            }
+            Error::OptionSuppressions(msg) => write!(f, "LEAKSCAN_OPTIONS: {msg}"),
+            Error::DebugDir(path) => write!(f, "--debug-dir {}: not a directory", path.display()),
+            Error::SourceRoot(path) => {
+                write!(f, "--source-root {}: not a directory", path.display())
+            }
+            Error::ReadDir { path, source } => write!(
+                f,
+                "cannot list report directory {}: {}",
+                path.display(),
+                os(source)
+            ),
         }
     }
 }

@@ -16,11 +16,10 @@ use std::time::Duration;
 use leakscan_core::control::{Reply, Request};
 use leakscan_core::report::Report;
 
-use crate::args::{Format, ScanArgs};
+use crate::args::{Format, ReportArgs, ScanArgs, ViewArgs};
 use crate::error::Error;
 use crate::output::Destination;
-use crate::render;
-use crate::settings::{self, Env};
+use crate::settings::{Env, ReportSettings};
 
 /// How long a scan may take before we give up waiting (a scan of a few GiB
 /// takes seconds; a process stopped in a debugger never answers).
@@ -63,27 +62,43 @@ fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// How long to wait for the socket of a process that has none yet: one
+/// started a moment ago (`prog & leakscan report --pid $!`) binds it as
+/// soon as its scanner thread runs.
+const SOCKET_WAIT: Duration = Duration::from_secs(3);
+
 /// The control socket of `pid`, or why there is none.
 fn socket_of(report_dir: &Path, pid: u32) -> Result<PathBuf, Error> {
-    if !process_exists(pid) {
-        return Err(Error::Control(format!("process {pid} is not running")));
+    let deadline = std::time::Instant::now() + SOCKET_WAIT;
+    loop {
+        if !process_exists(pid) {
+            return Err(Error::Control(format!("process {pid} is not running")));
+        }
+        if let Some(path) = find_socket(report_dir, pid) {
+            return Ok(path);
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Err(Error::Control(format!(
+        "process {pid} has no leakscan control socket in {} (is it running with \
+         libleakscan.so, with the same report_dir, and control_socket=1?)",
+        report_dir.display()
+    )))
+}
+
+fn find_socket(report_dir: &Path, pid: u32) -> Option<PathBuf> {
     // The direct path first: it needs no permission to list the directory.
     let direct = report_dir.join(format!("{pid}.sock"));
     if direct.exists() {
-        return Ok(direct);
+        return Some(direct);
     }
     sockets(report_dir)
         .into_iter()
         .find(|(p, _)| *p == pid)
         .map(|(_, path)| path)
-        .ok_or_else(|| {
-            Error::Control(format!(
-                "process {pid} has no leakscan control socket in {} (is it running with \
-                 libleakscan.so, with the same report_dir, and control_socket=1?)",
-                report_dir.display()
-            ))
-        })
 }
 
 /// Send one request to the socket at `path` and read the reply.
@@ -175,15 +190,20 @@ pub fn ps(report_dir: &Path) -> Vec<Running> {
     out
 }
 
-/// `leakscan scan PID`: the report, rendered, on stdout.
-pub fn run_scan(report_dir: &Path, args: &ScanArgs, env: &Env) -> Result<u8, Error> {
-    let report = scan(report_dir, args.pid, args.min_age)?;
-    let dest = Destination::Stdout;
-    let color = settings::use_color(args.color, &dest, args.format, env.no_color);
-    dest.write(&render::render(&report, args.format, color))?;
-    Ok(u8::from(
-        args.fail_on_leaks && report.summary.leaked_blocks > 0,
-    ))
+/// `leakscan scan PID`: `leakscan report --pid PID`, JSON by default.
+pub fn run_scan(args: ScanArgs, env: &Env) -> Result<u8, Error> {
+    let report_args = ReportArgs {
+        file: None,
+        dir: None,
+        pid: Some(args.pid),
+        min_age: args.min_age,
+        format: Some(args.format),
+        output: None,
+        color: args.color,
+        fail_on_leaks: args.fail_on_leaks,
+        view: ViewArgs::default(),
+    };
+    crate::report::run(&ReportSettings::new(report_args, env)?)
 }
 
 /// `leakscan clear PID`: one line saying what was cleared.
@@ -223,7 +243,9 @@ pub fn run_stats(report_dir: &Path, pid: u32) -> Result<u8, Error> {
 pub fn run_ps(report_dir: &Path, format: Format) -> Result<u8, Error> {
     let running = ps(report_dir);
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(&running).unwrap_or_default() + "\n",
+        Format::Json | Format::Sarif => {
+            serde_json::to_string_pretty(&running).unwrap_or_default() + "\n"
+        }
         Format::Text => {
             let mut t = format!("{:>8}  {}\n", "PID", "COMMAND");
             for r in &running {

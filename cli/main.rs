@@ -1,8 +1,9 @@
 //! `leakscan`: run programs under the leak detector and render its reports.
 //!
 //! This file only parses, dispatches and maps the outcome to an exit status:
-//! what the command reports (the program's status, `--error-exitcode`,
-//! 128+signal), or 2 with one line on stderr when leakscan itself failed.
+//! what the command reports (`run`: the program's status, `--error-exitcode`,
+//! 128+signal; `report`: 0, or 1 for leaks with `--fail-on-leaks`), or 2 with
+//! one line on stderr when leakscan itself failed.
 
 mod args;
 mod elf;
@@ -14,6 +15,9 @@ mod report;
 mod reportdir;
 mod run;
 mod settings;
+mod source;
+mod symbolize;
+mod view;
 
 use std::process::ExitCode;
 
@@ -42,7 +46,7 @@ fn dispatch(low: LowArgs) -> Result<u8, Error> {
     match low.command {
         Command::Run(args) => run::run(&RunSettings::new(args, &env)?),
         Command::Report(args) => report::run(&ReportSettings::new(args, &env)?),
-        Command::Scan(args) => live::run_scan(&settings::live_report_dir(&env)?, &args, &env),
+        Command::Scan(args) => live::run_scan(args, &env),
         Command::Clear(args) => live::run_clear(&settings::live_report_dir(&env)?, args.pid),
         Command::Dump(args) => {
             live::run_dump(&settings::live_report_dir(&env)?, args.pid, args.address)

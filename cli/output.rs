@@ -19,12 +19,12 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// `--output FILE` if given; else JSON goes to stdout and text to
-    /// `text_stream` (stderr for `run`, whose stdout is the program's).
+    /// `--output FILE` if given; else JSON and SARIF go to stdout and text
+    /// to `text_stream` (stderr for `run`, whose stdout is the program's).
     pub fn for_output(output: Option<PathBuf>, text_stream: Destination, format: Format) -> Self {
         match (output, format) {
             (Some(path), _) => Destination::File(path),
-            (None, Format::Json) => Destination::Stdout,
+            (None, Format::Json | Format::Sarif) => Destination::Stdout,
             (None, Format::Text) => text_stream,
         }
     }

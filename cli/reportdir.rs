@@ -17,6 +17,7 @@ use leakscan_core::options::{default_report_dir, Options};
 use leakscan_core::report::Report;
 
 use crate::error::{os, Error};
+use crate::source::report_pid;
 
 /// `report_dir` from LEAKSCAN_OPTIONS, else the default the agent uses too.
 pub fn resolve(leakscan_options: Option<&str>, xdg_runtime_dir: Option<&str>, uid: u32) -> PathBuf {
@@ -139,19 +140,10 @@ pub fn collect(run_dir: &Path, report_dir: &Path) -> Collected {
     out
 }
 
-/// `1234.json` → 1234; anything else (`1234.json.tmp`, `x.json`) → None.
-fn report_pid(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(".json")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leakscan_core::report::{Process, Scan, Summary, Tool, Trigger, SCHEMA_VERSION};
+    use leakscan_core::report::{Process, Trigger};
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -215,36 +207,13 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn report_file_names() {
-        assert_eq!(report_pid("1234.json"), Some(1234));
-        assert_eq!(report_pid("1234.json.tmp"), None);
-        assert_eq!(report_pid(".json"), None);
-        assert_eq!(report_pid("+1.json"), None);
-        assert_eq!(report_pid("x1.json"), None);
-    }
-
     fn report(pid: u32) -> Report {
-        Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::current(),
-            process: Process {
-                pid,
-                exe: "/bin/p".into(),
-                argv: vec!["p".into()],
-            },
-            scan: Scan {
-                trigger: Trigger::Exit,
-                number: 1,
-                duration_ms: 0.0,
-                scanned_bytes: 0,
-                live_blocks: 0,
-                live_bytes: 0,
-            },
-            summary: Summary::default(),
-            leaks: vec![],
-            children: vec![],
-        }
+        let process = Process {
+            pid,
+            exe: "/bin/p".into(),
+            argv: vec!["p".into()],
+        };
+        Report::blank(process, Trigger::Exit)
     }
 
     #[test]

@@ -17,15 +17,18 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use leakscan_core::report::{Process, Report, Scan, Summary, Tool, Trigger, SCHEMA_VERSION};
+use leakscan_core::report::{Process, Report, Trigger};
 use leakscan_platform::user::{signal_name, ShellSignals};
 
 use crate::args::Format;
 use crate::elf;
 use crate::error::Error;
-use crate::render;
+use crate::render::{self, Style};
+use crate::report;
 use crate::reportdir;
 use crate::settings::RunSettings;
+use crate::source::Shape;
+use crate::view;
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +93,19 @@ pub fn run(s: &RunSettings) -> Result<u8, Error> {
             .unwrap_or_default();
         eprintln!("leakscan: {program} was killed by signal {sig}{name}");
     }
-    let leaked = match &merged {
+    let leaked = match merged {
         Some(report) => {
-            let text = render::render(report, s.format, s.color);
+            let mut reports = [report];
+            report::apply_view(&s.view, &mut reports);
+            let style = Style {
+                color: s.color,
+                print_suppressions: s.view.print_suppressions,
+                source_root: &s.view.source_root,
+            };
+            let text = render::render(&reports, Shape::One, s.format, style);
             s.destination.write(&text)?;
-            report.summary.leaked_blocks > 0
+            report::print_suppressions_aside(&s.view, s.format, &reports);
+            view::any_leaks(&reports)
         }
         None => {
             if s.format == Format::Text {
@@ -176,22 +187,7 @@ fn stand_in(pid: u32, program: &OsStr, args: &[OsString]) -> Report {
         .chain(args.iter().map(OsString::as_os_str))
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    Report {
-        schema_version: SCHEMA_VERSION,
-        tool: Tool::current(),
-        process: Process { pid, exe, argv },
-        scan: Scan {
-            trigger: Trigger::Exit,
-            number: 0,
-            duration_ms: 0.0,
-            scanned_bytes: 0,
-            live_blocks: 0,
-            live_bytes: 0,
-        },
-        summary: Summary::default(),
-        leaks: Vec::new(),
-        children: Vec::new(),
-    }
+    Report::blank(Process { pid, exe, argv }, Trigger::Exit)
 }
 
 fn no_report_reason(status: ProgramStatus) -> String {
@@ -264,12 +260,14 @@ mod tests {
         if leaked > 0 {
             r.summary.add(LeakKind::Direct, leaked, 8 * leaked);
             r.leaks.push(LeakGroup {
+                id: None,
                 kind: LeakKind::Direct,
                 count: leaked,
                 bytes: 8 * leaked,
                 objects: vec![],
                 stack: vec![],
                 pid: None,
+                baseline: None,
             });
         }
         r

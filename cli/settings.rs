@@ -8,10 +8,15 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use leakscan_core::options::Options;
+use leakscan_core::suppress::Suppressions;
+
 use crate::args::{ColorChoice, Format, ReportArgs, RunArgs};
 use crate::error::Error;
 use crate::output::Destination;
 use crate::reportdir;
+use crate::source::Source;
+use crate::view::View;
 
 /// The name the agent library is built and installed under.
 pub const LIBRARY_NAME: &str = "libleakscan.so";
@@ -72,6 +77,7 @@ pub struct RunSettings {
     pub report_dir: PathBuf,
     /// LEAKSCAN_OPTIONS items from the run's own flags.
     pub agent_options: Vec<String>,
+    pub view: View,
 }
 
 impl RunSettings {
@@ -88,6 +94,8 @@ impl RunSettings {
         let current_exe = std::env::current_exe();
         let library = find_library(env.leakscan_lib.as_deref(), current_exe)?;
         let leakscan_options = env.options_text()?;
+        check_option_suppressions(leakscan_options.as_deref())?;
+        let view = View::new(args.view)?;
         let report_dir = reportdir::resolve(
             leakscan_options.as_deref(),
             env.xdg_runtime_dir.as_deref().and_then(|s| s.to_str()),
@@ -111,6 +119,7 @@ impl RunSettings {
             .into_iter()
             .filter_map(|(k, ms)| ms.map(|ms| format!("{k}={}.{:03}", ms / 1000, ms % 1000)))
             .collect(),
+            view,
         })
     }
 }
@@ -125,25 +134,72 @@ pub fn live_report_dir(env: &Env) -> Result<PathBuf, Error> {
     ))
 }
 
-/// Everything `leakscan report FILE` needs, validated.
+/// The agent only warns about a bad `suppressions=` file (it must not stop
+/// the program); `leakscan run` can refuse before running anything.
+fn check_option_suppressions(leakscan_options: Option<&str>) -> Result<(), Error> {
+    let (options, _) = Options::parse(leakscan_options.unwrap_or(""));
+    let Some(path) = options.suppressions else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::OptionSuppressions(format!("suppressions={path}: {}", crate::error::os(&e)))
+    })?;
+    Suppressions::parse(&path, &text)
+        .map(|_| ())
+        .map_err(|e| Error::OptionSuppressions(format!("suppressions={path}: {e}")))
+}
+
+/// Everything `leakscan report` needs, validated.
 #[derive(Debug)]
 pub struct ReportSettings {
-    /// `None` = stdin.
-    pub file: Option<PathBuf>,
+    pub source: Source,
     pub format: Format,
     pub destination: Destination,
     pub color: bool,
+    pub fail_on_leaks: bool,
+    pub view: View,
 }
 
 impl ReportSettings {
     pub fn new(args: ReportArgs, env: &Env) -> Result<ReportSettings, Error> {
-        let destination = Destination::for_output(args.output, Destination::Stdout, args.format);
+        let source = match (args.file, args.dir) {
+            _ if args.pid.is_some() => Source::Pid {
+                pid: args.pid.unwrap_or_default(),
+                report_dir: live_report_dir(env)?,
+                min_age_ms: args.min_age,
+            },
+            (Some(file), _) if file == Path::new("-") => Source::Stdin,
+            (Some(file), _) => Source::File(file),
+            (None, Some(dir)) => Source::Dir {
+                path: dir,
+                explicit: true,
+            },
+            (None, None) => Source::Dir {
+                path: reportdir::resolve(
+                    env.options_text()?.as_deref(),
+                    env.xdg_runtime_dir.as_deref().and_then(|s| s.to_str()),
+                    env.uid,
+                ),
+                explicit: false,
+            },
+        };
+        // People at a terminal get text; pipes and files get JSON.
+        let format = args.format.unwrap_or_else(|| {
+            if args.output.is_none() && std::io::stdout().is_terminal() {
+                Format::Text
+            } else {
+                Format::Json
+            }
+        });
+        let destination = Destination::for_output(args.output, Destination::Stdout, format);
         destination.check()?;
         Ok(ReportSettings {
-            file: (args.file != Path::new("-")).then_some(args.file),
-            format: args.format,
-            color: use_color(args.color, &destination, args.format, env.no_color),
+            source,
+            format,
+            color: use_color(args.color, &destination, format, env.no_color),
             destination,
+            fail_on_leaks: args.fail_on_leaks,
+            view: View::new(args.view)?,
         })
     }
 }

@@ -13,16 +13,26 @@
 //! ```
 //!
 //! Direct groups come first (they are the ones to fix; indirect leaks go
-//! away with them), each kind biggest first.
+//! away with them), each kind biggest first. Each group ends its header with
+//! its stable id, the name to give it in a baseline or a bug report.
 
 use std::fmt::Write;
 
-use leakscan_core::report::{Frame, LeakGroup, LeakKind, Report, Summary};
+use leakscan_core::report::{Frame, GroupCounts, LeakGroup, LeakKind, Report, Summary};
 
 /// Object lines shown per group; the rest are counted.
 pub const MAX_OBJECT_LINES: usize = 4;
 
-pub fn render(report: &Report, color: bool) -> String {
+/// Several reports, one after the other.
+pub fn render_all(reports: &[Report], color: bool, print_suppressions: bool) -> String {
+    reports
+        .iter()
+        .map(|r| render(r, color, print_suppressions))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn render(report: &Report, color: bool, print_suppressions: bool) -> String {
     let paint = Paint(color);
     let mut out = String::new();
     let s = &report.summary;
@@ -33,6 +43,15 @@ pub fn render(report: &Report, color: bool) -> String {
             count(report.scan.live_blocks, "live block", "live blocks")
         );
         let _ = writeln!(out, "{}", paint.green(&line));
+        if print_suppressions {
+            out.push_str(&suppressions_table(report));
+        }
+        for line in [suppressed_line(s), omitted_line(report)]
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(out, "{line}");
+        }
         return out;
     }
     let line = format!(
@@ -54,10 +73,36 @@ pub fn render(report: &Report, color: bool) -> String {
         group_lines(&mut out, group, report.process.pid, paint);
     }
     out.push('\n');
+    if print_suppressions {
+        out.push_str(&suppressions_table(report));
+        out.push('\n');
+    }
     let _ = writeln!(out, "{}", paint.bold(&summary_line(s)));
+    if let Some(line) = omitted_line(report) {
+        let _ = writeln!(out, "{line}");
+    }
     out
 }
 
+/// LeakSanitizer's "Suppressions used" table, or a line saying none matched.
+pub fn suppressions_table(report: &Report) -> String {
+    let rule = "-----------------------------------------------------\n";
+    if report.suppressions.is_empty() {
+        return "leakscan: no suppression rule matched\n".to_string();
+    }
+    let mut out = String::from(rule);
+    out.push_str("Suppressions used:\n");
+    out.push_str("  count      bytes template\n");
+    for used in &report.suppressions {
+        let _ = writeln!(
+            out,
+            "{:>7} {:>10} {}  ({}:{})",
+            used.blocks, used.bytes, used.pattern, used.file, used.line
+        );
+    }
+    out.push_str(rule);
+    out
+}
 /// `1234: ./prog arg`, plus the number of merged child processes.
 fn process_line(report: &Report) -> String {
     let p = &report.process;
@@ -91,9 +136,24 @@ fn group_lines(out: &mut String, group: &LeakGroup, root_pid: u32, paint: Paint)
         Some(pid) if pid != root_pid => format!(" (pid {pid})"),
         _ => String::new(),
     };
+    let grew = group
+        .baseline
+        .map(|b| {
+            format!(
+                " (grew from {} in {})",
+                bytes(b.bytes),
+                count(b.count, "object", "objects")
+            )
+        })
+        .unwrap_or_default();
+    let id = group
+        .id
+        .as_deref()
+        .map(|id| format!(" [id {id}]"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "{title} of {} in {}{pid} allocated from:",
+        "{title} of {} in {}{pid}{grew} allocated from:{id}",
         bytes(group.bytes),
         count(group.count, "object", "objects")
     );
@@ -129,14 +189,18 @@ pub fn frame_line(i: usize, frame: &Frame, paint: Paint) -> String {
         }
     }
     if let Some(module) = &frame.module {
-        match &frame.offset {
-            Some(offset) => {
-                let _ = write!(line, " ({module}+{offset})");
-            }
-            None => {
-                let _ = write!(line, " ({module})");
-            }
-        }
+        let offset = frame
+            .offset
+            .as_deref()
+            .map(|o| format!("+{o}"))
+            .unwrap_or_default();
+        // An unresolved frame names its build-id: what `leakscan report
+        // --symbolize` (or a person with the debug files) needs.
+        let build_id = match (&frame.build_id, &frame.function, &frame.file) {
+            (Some(id), None, None) => format!(", build-id {id}"),
+            _ => String::new(),
+        };
+        let _ = write!(line, " ({module}{offset}{build_id})");
     }
     line
 }
@@ -151,15 +215,46 @@ fn summary_line(s: &Summary) -> String {
         bytes(s.indirect_bytes),
         s.indirect_blocks,
     );
-    if s.suppressed_blocks > 0 {
-        let _ = write!(
-            line,
-            " Suppressed: {} in {}.",
-            bytes(s.suppressed_bytes),
-            count(s.suppressed_blocks, "allocation", "allocations")
-        );
+    if let Some(suppressed) = suppressed_line(s) {
+        line.push(' ');
+        line.push_str(&suppressed);
     }
     line
+}
+
+fn suppressed_line(s: &Summary) -> Option<String> {
+    (s.suppressed_blocks > 0).then(|| {
+        format!(
+            "Suppressed: {} in {}.",
+            bytes(s.suppressed_bytes),
+            count(s.suppressed_blocks, "allocation", "allocations")
+        )
+    })
+}
+
+/// What a view left out, in one line.
+fn omitted_line(report: &Report) -> Option<String> {
+    let part = |c: &GroupCounts, why: &str| {
+        (!c.is_zero()).then(|| {
+            format!(
+                "{} ({} in {}) {why}",
+                count(c.groups, "leak group", "leak groups"),
+                bytes(c.bytes),
+                count(c.blocks, "object", "objects")
+            )
+        })
+    };
+    let parts: Vec<String> = [
+        part(&report.omitted.baseline, "already in the baseline"),
+        part(
+            &report.omitted.filtered,
+            "left out by --kind/--min-bytes/--top",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| format!("Not shown: {}.", parts.join("; ")))
 }
 
 fn count(n: u64, one: &str, many: &str) -> String {
@@ -213,7 +308,8 @@ impl Paint {
 mod tests {
     use super::*;
     use leakscan_core::report::{
-        ChildProcess, LeakedObject, Process, Scan, Tool, Trigger, SCHEMA_VERSION,
+        BaselineSize, ChildProcess, LeakedObject, Process, Scan, SuppressionUse, Tool, Trigger,
+        SCHEMA_VERSION,
     };
 
     fn frame(ip: &str, function: Option<&str>, file: Option<(&str, u32)>) -> Frame {
@@ -263,14 +359,17 @@ mod tests {
             // Schema order (bytes first): the indirect group is bigger.
             leaks: vec![
                 LeakGroup {
+                    id: None,
                     kind: LeakKind::Indirect,
                     count: 6,
                     bytes: 192,
                     objects: objects(5, 32),
                     stack: vec![frame("0x401150", None, None)],
                     pid: Some(1240),
+                    baseline: None,
                 },
                 LeakGroup {
+                    id: Some("00112233aabbccdd".into()),
                     kind: LeakKind::Direct,
                     count: 1,
                     bytes: 32,
@@ -280,6 +379,10 @@ mod tests {
                         frame("0x401180", Some("main"), Some(("prog.c", 30))),
                     ],
                     pid: None,
+                    baseline: Some(BaselineSize {
+                        count: 1,
+                        bytes: 16,
+                    }),
                 },
             ],
             children: vec![ChildProcess {
@@ -290,17 +393,19 @@ mod tests {
                 },
                 summary: Summary::default(),
             }],
+            suppressions: vec![],
+            omitted: Default::default(),
         }
     }
 
     #[test]
     fn leaks_in_text() {
-        let text = render(&sample(), false);
+        let text = render(&sample(), false, false);
         let lines: Vec<&str> = text.lines().collect();
         let expected = [
             "leakscan: 7 leaked blocks (224 bytes) in process 1234: ./prog arg 'two words' (and 1 child process)",
             "",
-            "Direct leak of 32 bytes in 1 object allocated from:",
+            "Direct leak of 32 bytes in 1 object (grew from 16 bytes in 1 object) allocated from: [id 00112233aabbccdd]",
             "    #0 0x401136 in make_node prog.c:12 (/path/prog+0x1136)",
             "    #1 0x401180 in main prog.c:30 (/path/prog+0x1180)",
             "  unreferenced object 0x5581a0 (size 32, age 1500 ms)",
@@ -327,7 +432,7 @@ mod tests {
         report.summary = Summary::default();
         report.process.argv.truncate(1);
         assert_eq!(
-            render(&report, false),
+            render(&report, false, false),
             "leakscan: no leaks found in process 1234: ./prog (10 live blocks checked)\n"
         );
     }
@@ -348,12 +453,57 @@ mod tests {
         let with_file = Frame {
             file: Some("a.c".into()),
             module: Some("/lib/x.so".into()),
-            ..bare
+            ..bare.clone()
         };
         assert_eq!(
             frame_line(0, &with_file, Paint(false)),
             "#0 0x10 in ?? a.c (/lib/x.so)"
         );
+        let stripped = Frame {
+            module: Some("/bin/p".into()),
+            offset: Some("0x1136".into()),
+            build_id: Some("ab12".into()),
+            ..bare
+        };
+        assert_eq!(
+            frame_line(1, &stripped, Paint(false)),
+            "#1 0x10 in ?? (/bin/p+0x1136, build-id ab12)"
+        );
+    }
+
+    #[test]
+    fn suppressions_table_and_what_was_not_shown() {
+        let mut report = sample();
+        report.suppressions.push(SuppressionUse {
+            pattern: "make_*".into(),
+            file: "lsan.supp".into(),
+            line: 3,
+            blocks: 2,
+            bytes: 96,
+        });
+        report.omitted.baseline = GroupCounts {
+            groups: 1,
+            blocks: 2,
+            bytes: 64,
+        };
+        let text = render(&report, false, true);
+        assert!(
+            text.contains(
+                "Suppressions used:\n  count      bytes template\n      2         96 make_*  (lsan.supp:3)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "Not shown: 1 leak group (64 bytes in 2 objects) already in the baseline.\n"
+            ),
+            "{text}"
+        );
+        report.leaks.clear();
+        report.summary = Summary::default();
+        let text = render(&report, false, false);
+        assert!(text.starts_with("leakscan: no leaks found"), "{text}");
+        assert!(text.contains("already in the baseline"), "{text}");
     }
 
     #[test]
@@ -361,7 +511,7 @@ mod tests {
         let mut report = sample();
         report.summary.suppressed_blocks = 1;
         report.summary.suppressed_bytes = 8;
-        let text = render(&report, true);
+        let text = render(&report, true, false);
         assert!(text.contains("\x1b[1;31mDirect leak\x1b[0m of 32 bytes"));
         assert!(text.contains("Suppressed: 8 bytes in 1 allocation."));
     }

@@ -53,7 +53,13 @@ fixture_tests! {
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).
-const OWN_TESTS: &[&str] = &["fork_child_leak.c", "golden_pair.c"];
+const OWN_TESTS: &[&str] = &[
+    "fork_child_leak.c",
+    "golden_pair.c",
+    "cxx_symbols.cpp",
+    "lsan_suppressions.c",
+    "baseline_leaks.c",
+];
 
 #[test]
 fn fork_child_leak() {

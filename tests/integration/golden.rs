@@ -1,47 +1,84 @@
-//! The JSON report's shape, pinned by a golden file.
+//! The three output formats, pinned by golden files.
 //!
-//! Values that change from run to run or machine to machine (addresses,
-//! pids, paths, times, totals that depend on the C library) become
-//! placeholders; the fixture's own stack frames keep their function, file
-//! and line, and start-up frames from libc and the dynamic loader are
-//! dropped. Keys come out sorted (serde_json's map), so the file pins
-//! names, nesting, types and values, not key order. `LEAKSCAN_BLESS=1`
-//! rewrites the golden file from the current output.
+//! Each fixture is run under `leakscan run`; its JSON report is then made
+//! machine-independent (pids, addresses, times, build-ids and the paths of
+//! the build become placeholders; the fixture's source paths become
+//! `/src/tests/fixtures/…`; start-up frames below `main` and frames inside
+//! libc and the dynamic loader are dropped), and `leakscan report` renders
+//! that normalized report as JSON, text and SARIF, each compared with
+//! `tests/golden/<fixture>.<format>`. The leak-group ids stay as the agent
+//! computed them from the real stacks, so the goldens pin the id recipe
+//! too. `LEAKSCAN_BLESS=1` rewrites the golden files from the current
+//! output; never edit them by hand.
 
 use std::fs;
 use std::path::Path;
 
-use serde_json::Value;
+use leakscan_core::report::{Frame, Process, Report};
 
-use crate::harness::check_fixture;
+use crate::harness::{check_fixture, leakscan, run, FIXTURE_TIME_LIMIT};
 
-const FIXTURE: &str = "golden_pair.c";
-const GOLDEN: &str = "tests/golden/golden_pair.json";
+/// Where the fixtures' sources are said to live in the normalized report.
+const SOURCE_ROOT: &str = "/src";
 
 #[test]
-fn report_shape_matches_golden() {
-    let checked = check_fixture("golden_report", FIXTURE);
-    let mut report: Value = serde_json::from_str(&checked.report_text).expect("report is JSON");
-    normalize(&mut report);
-    let actual = serde_json::to_string_pretty(&report).expect("serializes") + "\n";
+fn golden_pair_in_every_format() {
+    check_formats("golden_report", "golden_pair.c");
+}
 
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
+#[test]
+fn cxx_symbols_in_every_format() {
+    check_formats("golden_cxx", "cxx_symbols.cpp");
+}
+
+fn check_formats(test: &str, fixture: &str) {
+    let checked = check_fixture(test, fixture);
+    let mut report = checked.report;
+    normalize(&mut report, Path::new(env!("CARGO_MANIFEST_DIR")));
+    let dir = checked.dir;
+    let normalized = dir.join("normalized.json");
+    fs::write(&normalized, report.to_json()).expect("write the normalized report");
+
+    let stem = Path::new(fixture)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("UTF-8 name");
+    for (format, ext) in [("json", "json"), ("text", "txt"), ("sarif", "sarif")] {
+        let mut cmd = leakscan();
+        cmd.arg("report")
+            .arg(&normalized)
+            .args(["--format", format, "--color", "never", "--source-root"])
+            .arg(SOURCE_ROOT);
+        let out = run(&mut cmd, &dir, format, FIXTURE_TIME_LIMIT);
+        assert_eq!(
+            out.code, 0,
+            "leakscan report --format {format}: {}",
+            out.stderr
+        );
+        let actual = String::from_utf8(out.stdout).expect("UTF-8 output");
+        compare_golden(&format!("tests/golden/{stem}.{ext}"), &actual);
+    }
+}
+
+/// Compare `actual` with the golden file `rel`, or rewrite it when blessing.
+pub fn compare_golden(rel: &str, actual: &str) {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     if std::env::var_os("LEAKSCAN_BLESS").is_some_and(|v| v == "1") {
         fs::create_dir_all(golden.parent().expect("tests/golden")).expect("create tests/golden");
-        fs::write(&golden, &actual).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+        fs::write(&golden, actual).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
         return;
     }
     let expected = fs::read_to_string(&golden).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}; create it with LEAKSCAN_BLESS=1 cargo test --test integration golden",
+            "{}: {e}; create it with LEAKSCAN_BLESS=1 cargo test --release --test integration golden",
             golden.display()
         )
     });
     if expected != actual {
-        let (line, want, got) = first_difference(&expected, &actual);
+        let (line, want, got) = first_difference(&expected, actual);
         panic!(
-            "the report's shape differs from {GOLDEN} at line {line}:\n  golden: {want}\n  actual: {got}\n\
-             if the change is intended, re-bless with LEAKSCAN_BLESS=1\nnormalized report:\n{actual}"
+            "the output differs from {rel} at line {line}:\n  golden: {want}\n  actual: {got}\n\
+             if the change is intended, re-bless with LEAKSCAN_BLESS=1\nactual output:\n{actual}"
         );
     }
 }
@@ -59,69 +96,66 @@ fn first_difference<'a>(a: &'a str, b: &'a str) -> (usize, &'a str, &'a str) {
     unreachable!("a text has finitely many lines")
 }
 
-/// Replace volatile values by placeholders, in place. Only `get_mut`:
-/// indexing a `Value` mutably would add the keys it does not find.
-fn normalize(report: &mut Value) {
-    if let Some(tool) = report.get_mut("tool") {
-        blank(tool, "version", "<version>");
+/// Replace what varies from run to run and machine to machine, in place.
+fn normalize(report: &mut Report, repo: &Path) {
+    normalize_process(&mut report.process, 1000);
+    let scan = &mut report.scan;
+    scan.number = 1;
+    scan.duration_ms = 0.0;
+    scan.scanned_bytes = 0;
+    scan.live_blocks = 0;
+    scan.live_bytes = 0;
+    for (i, child) in report.children.iter_mut().enumerate() {
+        normalize_process(&mut child.process, 1001 + i as u32);
     }
-    if let Some(process) = report.get_mut("process") {
-        normalize_process(process);
-    }
-    if let Some(scan) = report.get_mut("scan") {
-        for field in [
-            "number",
-            "duration_ms",
-            "scanned_bytes",
-            "live_blocks",
-            "live_bytes",
-        ] {
-            blank(scan, field, "<varies>");
+    for (g, group) in report.leaks.iter_mut().enumerate() {
+        if group.pid.is_some() {
+            group.pid = Some(1001);
         }
-    }
-    for group in items(report, "leaks") {
-        blank(group, "pid", "<pid>");
-        for object in items(group, "objects") {
-            blank(object, "address", "<address>");
-            blank(object, "age_ms", "<ms>");
+        for (o, object) in group.objects.iter_mut().enumerate() {
+            object.address = format!("{:#x}", 0x10_0000 + g * 0x1000 + o * 0x100);
+            object.age_ms = 0;
         }
-        if let Some(stack) = group.get_mut("stack") {
-            normalize_stack(stack);
-        }
-    }
-    for child in items(report, "children") {
-        if let Some(process) = child.get_mut("process") {
-            normalize_process(process);
-        }
+        normalize_stack(&mut group.stack, repo);
     }
 }
 
-fn normalize_process(process: &mut Value) {
-    blank(process, "pid", "<pid>");
-    blank(process, "exe", "<exe>");
-    if let Some(argv0) = process.get_mut("argv").and_then(|argv| argv.get_mut(0)) {
-        *argv0 = Value::from("<argv0>");
+fn normalize_process(process: &mut Process, pid: u32) {
+    process.pid = pid;
+    process.exe = format!("/build/{}", base_name(&process.exe));
+    if let Some(argv0) = process.argv.first_mut() {
+        *argv0 = format!("./{}", base_name(argv0));
     }
 }
 
-/// Keep frames down to `main`, without libc and loader frames; module and
-/// file become base names.
-fn normalize_stack(stack: &mut Value) {
-    let Some(frames) = stack.as_array_mut() else {
-        return;
-    };
-    if let Some(main) = frames.iter().position(|f| f["function"] == "main") {
-        frames.truncate(main + 1);
+/// Keep frames down to `main`, without libc and loader frames; give each
+/// return address a made-up address; paths become the placeholders.
+fn normalize_stack(stack: &mut Vec<Frame>, repo: &Path) {
+    if let Some(main) = stack
+        .iter()
+        .position(|f| f.function.as_deref() == Some("main") && !f.inlined)
+    {
+        stack.truncate(main + 1);
     }
-    frames.retain(|f| !f["module"].as_str().is_some_and(is_libc_or_loader));
-    for frame in frames {
-        for field in ["ip", "offset", "build_id"] {
-            blank(frame, field, &format!("<{field}>"));
+    stack.retain(|f| !f.module.as_deref().is_some_and(is_libc_or_loader));
+    let mut physical = 0u64;
+    for frame in stack.iter_mut() {
+        frame.ip = format!("{:#x}", 0x40_0000 + physical * 0x100);
+        frame.offset = Some(format!("{:#x}", 0x1000 + physical * 0x100));
+        if frame.build_id.is_some() {
+            frame.build_id = Some("0123456789abcdef0123456789abcdef01234567".into());
         }
-        for field in ["module", "file"] {
-            if let Some(path) = frame[field].as_str() {
-                frame[field] = Value::from(base_name(path));
-            }
+        if let Some(module) = &frame.module {
+            frame.module = Some(format!("/build/{}", base_name(module)));
+        }
+        if let Some(file) = &frame.file {
+            frame.file = Some(match Path::new(file).strip_prefix(repo) {
+                Ok(rel) => format!("{SOURCE_ROOT}/{}", rel.display()),
+                Err(_) => base_name(file).to_string(),
+            });
+        }
+        if !frame.inlined {
+            physical += 1;
         }
     }
 }
@@ -134,23 +168,6 @@ fn is_libc_or_loader(module: &str) -> bool {
         || name.starts_with("ld.so")
 }
 
-fn base_name(path: &str) -> String {
-    path.rsplit('/').next().unwrap_or(path).to_string()
-}
-
-/// Set `value[key]` to `placeholder` when the key is present: a missing key
-/// must stay missing, so that the comparison notices it.
-fn blank(value: &mut Value, key: &str, placeholder: &str) {
-    if let Some(slot) = value.get_mut(key) {
-        *slot = Value::from(placeholder);
-    }
-}
-
-/// The elements of the array `value[key]`, if there is one.
-fn items<'a>(value: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
-    value
-        .get_mut(key)
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }

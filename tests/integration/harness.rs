@@ -14,7 +14,8 @@
 //! expect-processes: N           processes in the merged report: 1 + children
 //! expect-exit: N                exit status, bare and under --error-exitcode 0
 //!                               (128 + signal when killed); default 0
-//! build: FLAGS                  extra compiler flags, after the source
+//! build: FLAGS                  extra compiler flags, after the source (the
+//!                               compiler runs in the binary's directory)
 //! build-lib: SOURCE             another fixture built as lib<stem>.so next to
 //!                               the binary (repeatable)
 //! ```
@@ -211,7 +212,9 @@ pub fn build(spec: &Spec, dir: &Path) -> PathBuf {
 
 fn compile(spec: &Spec, output: &Path, extra: &[&str]) {
     let compiler = if spec.is_cpp() { "g++" } else { "gcc" };
+    // In the output's directory, so that `build: -L.` finds the `build-lib`s.
     let out = Command::new(compiler)
+        .current_dir(output.parent().expect("output in a directory"))
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-Wall"])
         .args(extra)
         .arg("-o")
@@ -277,6 +280,9 @@ pub struct Checked {
     pub run: Run,
     pub report: Report,
     pub report_text: String,
+    /// The test's directory and the fixture's binary in it.
+    pub dir: PathBuf,
+    pub binary: PathBuf,
 }
 
 /// Build fixture `name` for test `test`, run it bare and under
@@ -319,6 +325,8 @@ pub fn check_fixture(test: &str, name: &str) -> Checked {
         run: traced,
         report,
         report_text,
+        dir,
+        binary,
     }
 }
 

@@ -177,6 +177,19 @@ fn scan_clear_dump_stats_and_ps_talk_to_a_running_process() {
     assert!(report.leaks.iter().all(|g| g.kind == LeakKind::Direct));
     assert!(report.scan.live_blocks >= 8, "{:?}", report.scan);
 
+    // `report --pid` is the same request through `leakscan report`.
+    let (code, out, err) = live.leakscan(&[
+        "report",
+        "--pid",
+        &pid,
+        "--min-age",
+        "0",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(addresses(&parse_report(&out)), first, "{out}");
+
     // --fail-on-leaks turns leaks into status 1.
     let (code, _, _) = live.leakscan(&["scan", &pid, "--min-age", "0", "--fail-on-leaks"]);
     assert_eq!(code, 1);
@@ -289,6 +302,11 @@ fn commands_for_processes_without_a_socket_fail_in_one_line() {
     }
     let (code, err) = run(&["clear", "4000000000"]);
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    let (code, err) = run(&["report", "--pid", "4000000000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not running"), "{err}");
+    let (code, err) = run(&["report", "--min-age", "1"]);
+    assert_eq!(code, 2, "--min-age needs --pid: {err}");
     let (code, err) = run(&["dump", &me, "zz"]);
     assert_eq!(code, 2);
     assert!(err.contains("not an address"), "{err}");

@@ -213,6 +213,12 @@ pub struct Stats {
     pub cleared_blocks: u64,
     pub scan_interval_ms: u64,
     pub min_age_ms: u64,
+    /// leakscan's own mappings now, and those that never fit in its
+    /// registry (which would be scanned as the program's memory).
+    #[serde(default)]
+    pub own_mappings: u64,
+    #[serde(default)]
+    pub unregistered_mappings: u64,
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@
 //! - [`scan`]: the mark phase (roots → gray → words) and the direct/indirect
 //!   classification of what stays white.
 //! - [`report`]: the versioned report schema every output is rendered from.
+//! - [`fingerprint`]: stable leak-group ids, the same across runs and ASLR.
+//! - [`suppress`]: LeakSanitizer suppression files, parsed and matched.
 //! - [`options`]: `LEAKSCAN_OPTIONS` parsing.
 //! - [`control`]: the control-socket protocol between the CLI and a running
 //!   process.
@@ -26,7 +28,9 @@
 pub mod backing;
 pub mod control;
 pub mod depot;
+pub mod fingerprint;
 pub mod index;
 pub mod options;
 pub mod report;
 pub mod scan;
+pub mod suppress;

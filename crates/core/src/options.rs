@@ -29,6 +29,8 @@ pub struct Options {
     /// Resolve function/file/line in the agent. Off: frames keep module,
     /// offset and build-id only (no debug info is read at exit).
     pub symbolize: bool,
+    /// A LeakSanitizer suppression file applied when the report is built.
+    pub suppressions: Option<String>,
     /// Milliseconds between periodic scans of the running process; 0 = no
     /// periodic scans (the control socket still answers `scan`).
     pub scan_interval_ms: u64,
@@ -87,6 +89,7 @@ impl Default for Options {
             min_age_ms: DEFAULT_MIN_AGE_MS,
             control_socket: true,
             scan_threads: None,
+            suppressions: None,
         }
     }
 }
@@ -204,6 +207,12 @@ impl Options {
                 }
                 self.scan_threads = Some((n as usize).min(MAX_SCAN_THREADS));
             }
+            "suppressions" => {
+                if value.is_empty() {
+                    return Err("empty path".into());
+                }
+                self.suppressions = Some(value.to_string());
+            }
             _ => return Err("unknown option".into()),
         }
         Ok(())
@@ -266,8 +275,11 @@ mod tests {
 
     #[test]
     fn lsan_names_are_accepted() {
-        let (o, e) = Options::parse("detect_leaks=0:malloc_context_size=4:symbolize=0");
+        let (o, e) = Options::parse(
+            "detect_leaks=0:malloc_context_size=4:symbolize=0:suppressions=/x/lsan.supp",
+        );
         assert!(e.is_empty());
+        assert_eq!(o.suppressions.as_deref(), Some("/x/lsan.supp"));
         assert!(!o.leak_check_at_exit);
         assert!(!o.symbolize);
         assert_eq!(o.stack_depth, 4);

@@ -27,6 +27,95 @@ pub struct Report {
     /// `leakscan run`, which follows children). Absent for a single process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildProcess>,
+    /// The suppression rules that matched, with what each hid
+    /// (LeakSanitizer's "Suppressions used"). Absent when none matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressions: Vec<SuppressionUse>,
+    /// What a view of the report (`--baseline`, `--kind`, `--min-bytes`,
+    /// `--top`) left out of `leaks` and `summary`. Absent when nothing was.
+    #[serde(default, skip_serializing_if = "Omitted::is_empty")]
+    pub omitted: Omitted,
+}
+
+/// Several reports in one document: what `leakscan report` prints for a
+/// report directory, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportSet {
+    pub schema_version: u32,
+    pub tool: Tool,
+    pub reports: Vec<Report>,
+}
+
+impl ReportSet {
+    pub fn new(reports: Vec<Report>) -> ReportSet {
+        ReportSet {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::current(),
+            reports,
+        }
+    }
+
+    /// Pretty JSON, as `leakscan report` prints it.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("report set serializes");
+        s.push('\n');
+        s
+    }
+}
+
+/// One suppression rule and what it hid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionUse {
+    /// The pattern after `leak:`, as written.
+    pub pattern: String,
+    /// The suppression file and the rule's line in it (1-based).
+    pub file: String,
+    pub line: u32,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Blocks in leak groups, counted together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    pub groups: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl GroupCounts {
+    pub fn is_zero(&self) -> bool {
+        *self == GroupCounts::default()
+    }
+
+    pub fn add(&mut self, group: &LeakGroup) {
+        self.groups += 1;
+        self.blocks += group.count;
+        self.bytes += group.bytes;
+    }
+
+    fn merge(&mut self, other: &GroupCounts) {
+        self.groups += other.groups;
+        self.blocks += other.blocks;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Leak groups a view of the report did not show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Omitted {
+    /// Groups already in the `--baseline` report, no bigger than there.
+    #[serde(default, skip_serializing_if = "GroupCounts::is_zero")]
+    pub baseline: GroupCounts,
+    /// Groups left out by `--kind`, `--min-bytes` or `--top`.
+    #[serde(default, skip_serializing_if = "GroupCounts::is_zero")]
+    pub filtered: GroupCounts,
+}
+
+impl Omitted {
+    pub fn is_empty(&self) -> bool {
+        self.baseline.is_zero() && self.filtered.is_zero()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +188,38 @@ impl Summary {
         }
     }
 
+    /// Take one group of `kind` out of the leaked counts and count it as
+    /// suppressed.
+    pub fn suppress(&mut self, kind: LeakKind, blocks: u64, bytes: u64) {
+        self.leaked_blocks -= blocks;
+        self.leaked_bytes -= bytes;
+        match kind {
+            LeakKind::Direct => {
+                self.direct_blocks -= blocks;
+                self.direct_bytes -= bytes;
+            }
+            LeakKind::Indirect => {
+                self.indirect_blocks -= blocks;
+                self.indirect_bytes -= bytes;
+            }
+        }
+        self.suppressed_blocks += blocks;
+        self.suppressed_bytes += bytes;
+    }
+
+    /// The leaked counts of exactly `groups`, keeping the suppressed ones.
+    pub fn of_groups(groups: &[LeakGroup], suppressed: &Summary) -> Summary {
+        let mut s = Summary {
+            suppressed_blocks: suppressed.suppressed_blocks,
+            suppressed_bytes: suppressed.suppressed_bytes,
+            ..Summary::default()
+        };
+        for g in groups {
+            s.add(g.kind, g.count, g.bytes);
+        }
+        s
+    }
+
     /// Add another summary into this one (merging processes).
     pub fn merge(&mut self, other: &Summary) {
         self.leaked_blocks += other.leaked_blocks;
@@ -133,6 +254,11 @@ impl LeakKind {
 /// Leaked blocks of one kind that share an allocation stack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeakGroup {
+    /// Stable identity of the group: a hash of its kind and symbolized
+    /// stack, the same across runs, ASLR and machines (see
+    /// [`crate::fingerprint`]). Reports that lack it get it when read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub kind: LeakKind,
     /// Exact number of blocks in the group (`objects` may be capped).
     pub count: u64,
@@ -143,6 +269,17 @@ pub struct LeakGroup {
     /// The process that leaked, when reports of several processes were merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// With `--baseline`: the group's size in the baseline, when it was
+    /// there and has grown since (a new group has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSize>,
+}
+
+/// How big a group was in the baseline report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineSize {
+    pub count: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,21 +348,60 @@ impl std::fmt::Display for ReportError {
 
 impl std::error::Error for ReportError {}
 
+/// The JSON value of a document of this schema version.
+fn versioned(text: &str) -> Result<serde_json::Value, ReportError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(ReportError::Json)?;
+    match value.get("schema_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(SCHEMA_VERSION) => Ok(value),
+        Some(v) => Err(ReportError::Version(v)),
+        None => Err(ReportError::Json(serde::de::Error::custom(
+            "missing schema_version",
+        ))),
+    }
+}
+
 impl Report {
+    /// A report of `process` with nothing in it yet.
+    pub fn blank(process: Process, trigger: Trigger) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::current(),
+            process,
+            scan: Scan {
+                trigger,
+                number: 0,
+                duration_ms: 0.0,
+                scanned_bytes: 0,
+                live_blocks: 0,
+                live_bytes: 0,
+            },
+            summary: Summary::default(),
+            leaks: Vec::new(),
+            children: Vec::new(),
+            suppressions: Vec::new(),
+            omitted: Omitted::default(),
+        }
+    }
+
     /// Parse a report, checking its schema version first so that a newer
     /// report gets a clear message instead of a field-level error.
     pub fn from_json(text: &str) -> Result<Report, ReportError> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(ReportError::Json)?;
-        match value.get("schema_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-            Some(v) => return Err(ReportError::Version(v)),
-            None => {
-                return Err(ReportError::Json(serde::de::Error::custom(
-                    "missing schema_version",
-                )))
-            }
-        }
+        let value = versioned(text)?;
         serde_json::from_value(value).map_err(ReportError::Json)
+    }
+
+    /// Parse a document that is either one report or a [`ReportSet`], into
+    /// its reports.
+    pub fn many_from_json(text: &str) -> Result<Vec<Report>, ReportError> {
+        let value = versioned(text)?;
+        if value.get("reports").is_some() {
+            let set: ReportSet = serde_json::from_value(value).map_err(ReportError::Json)?;
+            Ok(set.reports)
+        } else {
+            serde_json::from_value(value)
+                .map(|r| vec![r])
+                .map_err(ReportError::Json)
+        }
     }
 
     /// Pretty JSON, as written to disk and printed by the CLI.
@@ -239,6 +415,11 @@ impl Report {
     /// with its pid, summaries add up, and it is listed in `children`.
     pub fn absorb_child(&mut self, other: Report) {
         self.summary.merge(&other.summary);
+        for used in other.suppressions {
+            add_suppression_use(&mut self.suppressions, used);
+        }
+        self.omitted.baseline.merge(&other.omitted.baseline);
+        self.omitted.filtered.merge(&other.omitted.filtered);
         for mut group in other.leaks {
             group.pid.get_or_insert(other.process.pid);
             self.leaks.push(group);
@@ -252,13 +433,33 @@ impl Report {
     }
 }
 
+/// Count `used` in `list`, adding to the entry of the same rule if any.
+pub fn add_suppression_use(list: &mut Vec<SuppressionUse>, used: SuppressionUse) {
+    match list
+        .iter_mut()
+        .find(|u| u.file == used.file && u.line == used.line)
+    {
+        Some(u) => {
+            u.blocks += used.blocks;
+            u.bytes += used.bytes;
+        }
+        None => {
+            list.push(used);
+            // In rule order, as LeakSanitizer lists them.
+            list.sort_by(|a, b| a.file.cmp(&b.file).then(a.line.cmp(&b.line)));
+        }
+    }
+}
+
 /// The schema's order: bytes descending, then direct before indirect, then
-/// count, so that output is deterministic.
+/// count, then id and pid, so that output is deterministic.
 pub fn sort_groups(groups: &mut [LeakGroup]) {
     groups.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
             .then(a.kind.cmp(&b.kind))
             .then(b.count.cmp(&a.count))
+            .then_with(|| a.id.cmp(&b.id))
+            .then(a.pid.cmp(&b.pid))
     });
 }

@@ -67,6 +67,16 @@ pub fn for_each_own_mapping(mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// Mappings currently registered, and mappings ever made that did not fit
+/// in the registry (diagnostics for `stats`).
+pub fn registry_usage() -> (usize, usize) {
+    let live = REGISTRY
+        .iter()
+        .filter(|s| s.start.load(Ordering::Acquire) != 0)
+        .count();
+    (live, UNREGISTERED.load(Ordering::Relaxed))
+}
+
 /// Round up to whole pages.
 pub fn page_round(len: usize) -> usize {
     (len + 4095) & !4095

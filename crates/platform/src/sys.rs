@@ -181,27 +181,24 @@ pub const EAGAIN: i32 = libc::EAGAIN;
 pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 pub const O_CLOEXEC: i32 = libc::O_CLOEXEC;
 
+/// The process's resident set size in bytes (`/proc/self/statm`), or 0.
+pub fn resident_bytes() -> usize {
+    let Some(text) = read_file("/proc/self/statm") else {
+        return 0;
+    };
+    let pages = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 /// Print `msg` on stderr and abort the process.
 pub fn abort_with(msg: &[u8]) -> ! {
     write_all(2, msg);
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
-}
-
-/// Register for `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`; false if the
-/// kernel does not offer it (callers then use a full fence on both sides).
-pub fn membarrier_register() -> bool {
-    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-    // SAFETY: membarrier takes no pointers.
-    unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
-}
-
-/// Make every running thread of this process execute a full memory barrier
-/// (the "heavy" side of an asymmetric fence). Requires [`membarrier_register`].
-pub fn membarrier() -> bool {
-    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-    // SAFETY: membarrier takes no pointers.
-    unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
 }
 
 /// Give up the CPU once (while waiting for another thread).

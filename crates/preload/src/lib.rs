@@ -92,11 +92,14 @@ fn read_options() -> Options {
     for e in errors {
         sys::write_all(2, format!("leakscan: warning: {e} (ignored)\n").as_bytes());
     }
-    // A relative report_dir means relative to where the program started,
-    // not to wherever it has chdir'ed by the time it exits.
-    if let Some(dir) = opts.report_dir.as_deref().filter(|d| !d.starts_with('/')) {
-        if let Ok(cwd) = std::env::current_dir() {
-            opts.report_dir = Some(cwd.join(dir).to_string_lossy().into_owned());
+    // A relative report_dir or suppressions file means relative to where
+    // the program started, not to wherever it has chdir'ed by the time it
+    // exits.
+    for path in [&mut opts.report_dir, &mut opts.suppressions] {
+        if let Some(rel) = path.as_deref().filter(|d| !d.starts_with('/')) {
+            if let Ok(cwd) = std::env::current_dir() {
+                *path = Some(cwd.join(rel).to_string_lossy().into_owned());
+            }
         }
     }
     opts

@@ -5,17 +5,49 @@
 //! Runs after the world has been resumed, so it may allocate. Frames carry
 //! module + offset + build-id as well as the resolved function/file/line,
 //! so a report from a stripped binary can be symbolized later, elsewhere.
+//! Each group gets its stable id, and the `suppressions=` file, if any, is
+//! applied here, so that the summary (and `exitcode=`) count only what is
+//! left.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
+use leakscan_core::fingerprint;
 use leakscan_core::report::{
     hex, sort_groups, Frame, LeakGroup, LeakKind, LeakedObject, Process, Report, Scan, Summary,
     Tool, Trigger, SCHEMA_VERSION,
 };
+use leakscan_core::suppress::{self, Suppressions};
 use leakscan_platform::{modules, sys};
 
 use crate::check::{CheckResult, LeakRecord};
-use crate::state::DEPOT;
+use crate::state::{options, DEPOT};
+
+/// The `suppressions=` file, read once, at the first report. A file that
+/// cannot be read or parsed is reported in one line and ignored: the
+/// program must keep running (I2), and its leaks are then all reported.
+fn suppressions() -> &'static [Suppressions] {
+    static LOADED: OnceLock<Vec<Suppressions>> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let Some(path) = options().suppressions.as_deref() else {
+            return Vec::new();
+        };
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Suppressions::parse(path, &text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(set) => vec![set],
+            Err(e) => {
+                sys::write_all(
+                    2,
+                    format!("leakscan: warning: suppressions={path}: {e}; no leaks suppressed\n")
+                        .as_bytes(),
+                );
+                Vec::new()
+            }
+        }
+    })
+}
 
 /// A loaded module, as needed to describe a frame.
 struct ModuleInfo {
@@ -139,7 +171,7 @@ pub fn build(
     let exe = exe_path();
     let modules = snapshot_modules(&exe);
     let mut summary = Summary::default();
-    let mut leaks: Vec<LeakGroup> = groups
+    let leaks: Vec<LeakGroup> = groups
         .into_iter()
         .map(|((direct, stack), mut blocks)| {
             let kind = if direct {
@@ -151,6 +183,7 @@ pub fn build(
             summary.add(kind, blocks.len() as u64, bytes);
             blocks.sort_by_key(|b| (std::cmp::Reverse(b.size), b.start));
             LeakGroup {
+                id: None,
                 kind,
                 count: blocks.len() as u64,
                 bytes,
@@ -169,11 +202,11 @@ pub fn build(
                     .flat_map(|ip| describe_frame(ip, &modules, symbolize))
                     .collect(),
                 pid: None,
+                baseline: None,
             }
         })
         .collect();
-    sort_groups(&mut leaks);
-    Report {
+    let mut report = Report {
         schema_version: SCHEMA_VERSION,
         tool: Tool::current(),
         process: process(exe),
@@ -188,5 +221,11 @@ pub fn build(
         summary,
         leaks,
         children: Vec::new(),
-    }
+        suppressions: Vec::new(),
+        omitted: Default::default(),
+    };
+    fingerprint::assign_ids(&mut report);
+    suppress::apply(&mut report, suppressions());
+    sort_groups(&mut report.leaks);
+    report
 }

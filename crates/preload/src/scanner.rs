@@ -27,9 +27,10 @@
 //! 4. its contents did not change between them (checksum): a block whose
 //!    contents change is in use.
 //!
-//! A scan asked for over the socket runs a second scan at once when the
-//! first found unconfirmed candidates, so `leakscan report --pid` answers
-//! with the leaks made so far rather than "ask again later".
+//! A scan asked for over the socket applies no minimum age unless asked
+//! to, and runs a second scan at once when the first found unconfirmed
+//! candidates, so `leakscan report --pid` answers with the leaks made so
+//! far rather than "ask again later".
 //!
 //! ## Lock story
 //!
@@ -59,9 +60,10 @@ use crate::writer;
 const STACK_BYTES: usize = 1 << 20;
 /// How long a client may take to send its request, and to read the reply.
 const CLIENT_TIMEOUT_MS: i32 = 2000;
-/// A live scan gives up when frees held back by the quarantine exceed this
-/// share of the heap (or `MIN_QUARANTINE_BUDGET`, whichever is larger).
-const QUARANTINE_SHARE: u64 = 4;
+/// A live scan gives up when the frees it holds back exceed the process's
+/// resident size when it started (or `MIN_QUARANTINE_BUDGET`, whichever is
+/// larger): a scan may at most double the program's memory while it runs,
+/// and gives that back when it ends.
 const MIN_QUARANTINE_BUDGET: usize = 64 << 20;
 
 /// The scanner's stack, mapped once and reused by a fork child's scanner.
@@ -112,8 +114,6 @@ struct Scanner {
     /// Time of the last live scan's start.
     last_scan_tick: Option<u32>,
     last: Option<LastScan>,
-    /// Heap size seen by the last scan, for the quarantine budget.
-    last_live_bytes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -144,7 +144,6 @@ impl Scanner {
             last_report: None,
             last_scan_tick: None,
             last: None,
-            last_live_bytes: 0,
         }
     }
 
@@ -170,7 +169,7 @@ impl Scanner {
             return Outcome::GaveUp;
         }
         let opts = options();
-        let budget = MIN_QUARANTINE_BUDGET.max((self.last_live_bytes / QUARANTINE_SHARE) as usize);
+        let budget = MIN_QUARANTINE_BUDGET.max(sys::resident_bytes());
         let now = sys::coarse_ms() as u32;
         let young = |t: &Trailer| u64::from(now.wrapping_sub(t.tick)) < min_age_ms;
         let lock = SCAN_LOCK.lock();
@@ -193,7 +192,6 @@ impl Scanner {
             return Outcome::GaveUp;
         }
         self.last_scan_tick = Some(now);
-        self.last_live_bytes = result.live_bytes;
         // Cleared blocks that were freed since need no remembering.
         self.cleared.retain(|c| INDEX.is_start(c.start));
 
@@ -259,22 +257,23 @@ impl Scanner {
     }
 
     fn answer(&mut self, g: &Guard, request: Request) -> Reply {
-        let opts = options();
         match request {
             Request::Ping => Reply {
                 process: Some(report::process_info()),
                 ..Reply::success()
             },
+            // Someone asked now, for the leaks made so far: no minimum age
+            // unless the request sets one (the two back-to-back scans still
+            // guard against pointers in flight).
             Request::Scan { min_age_ms } => {
-                let min_age = min_age_ms.unwrap_or(opts.min_age_ms);
-                report_reply(self.scan(g, Trigger::Request, min_age, true))
+                report_reply(self.scan(g, Trigger::Request, min_age_ms.unwrap_or(0), true))
             }
             Request::Report => match self.last_report.clone() {
                 Some(report) => Reply {
                     report: Some(report),
                     ..Reply::success()
                 },
-                None => report_reply(self.scan(g, Trigger::Request, opts.min_age_ms, true)),
+                None => report_reply(self.scan(g, Trigger::Request, 0, true)),
             },
             Request::Clear => {
                 let mut cleared = Cleared::default();
@@ -368,6 +367,7 @@ impl Scanner {
         }
         let opts = options();
         let last = self.last;
+        let own = mem::registry_usage();
         Stats {
             live_blocks: blocks,
             live_bytes: bytes,
@@ -381,6 +381,8 @@ impl Scanner {
             cleared_blocks: self.cleared.len() as u64,
             scan_interval_ms: opts.scan_interval_ms,
             min_age_ms: opts.min_age_ms,
+            own_mappings: own.0 as u64,
+            unregistered_mappings: own.1 as u64,
         }
     }
 
