@@ -152,3 +152,67 @@ fn a_program_with_its_own_malloc_is_not_reported_as_clean() {
         "no report claiming zero leaks"
     );
 }
+
+/// What a report says that does not change from one run of a program to
+/// the next (addresses, pids and times do): the summary, the heap's size
+/// when `heap` (single-threaded programs), and each leak group's kind,
+/// count, bytes, object sizes and stack functions.
+fn gist(report: &leakscan_core::report::Report, heap: bool) -> String {
+    let mut text = format!("{:?}", report.summary);
+    if heap {
+        text += &format!(
+            " live {} blocks {} bytes",
+            report.scan.live_blocks, report.scan.live_bytes
+        );
+    }
+    let mut groups: Vec<String> = report
+        .leaks
+        .iter()
+        .map(|g| {
+            let mut sizes: Vec<u64> = g.objects.iter().map(|o| o.size).collect();
+            sizes.sort_unstable();
+            let stack: Vec<_> = g.stack.iter().map(|f| f.function.clone()).collect();
+            format!("{:?} {} {} {sizes:?} {stack:?}", g.kind, g.count, g.bytes)
+        })
+        .collect();
+    groups.sort();
+    for g in groups {
+        text += "\n";
+        text += &g;
+    }
+    text
+}
+
+#[test]
+fn one_or_four_marker_threads_find_the_same_leaks() {
+    // (fixture, processes, single-threaded)
+    let cases = [
+        ("list_and_tree.c", 1, true),
+        ("unreachable_cycle.c", 1, true),
+        ("interior_pointer.c", 1, true),
+        ("many_reachable.c", 1, true),
+        ("exit_while_threads_churn.c", 1, false),
+        ("fork_while_threads_allocate.c", 21, false),
+    ];
+    for (fixture, processes, heap) in cases {
+        let stem = fixture.trim_end_matches(".c");
+        let mut gists = Vec::new();
+        for threads in [1, 4] {
+            let (out, reports) = preload(
+                &format!("agent_scan_threads_{stem}_{threads}"),
+                fixture,
+                &format!("verbosity=0:scan_threads={threads}"),
+            );
+            assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+            let files = report_files(&reports);
+            assert_eq!(files.len(), processes, "{fixture}: {files:?}");
+            let mut all: Vec<String> = files
+                .iter()
+                .map(|f| gist(&read_report(f, &out.stderr), heap))
+                .collect();
+            all.sort();
+            gists.push(all);
+        }
+        assert_eq!(gists[0], gists[1], "{fixture}: scan_threads=1 vs 4");
+    }
+}

@@ -39,7 +39,19 @@ pub struct Options {
     pub min_age_ms: u64,
     /// Serve `<report_dir>/<pid>.sock` for `leakscan report --pid` & co.
     pub control_socket: bool,
+    /// Marker threads of a check (the calling thread and helpers); `None`
+    /// = [`DEFAULT_SCAN_THREADS`], or fewer on a machine with fewer CPUs.
+    pub scan_threads: Option<usize>,
 }
+
+/// Default number of marker threads. Two, because that is where the mark
+/// (memory-latency bound: a cache miss per pointer) nearly doubles in
+/// speed, and a concurrent scan should not take more than one core from
+/// the program besides its own; more can be asked for.
+pub const DEFAULT_SCAN_THREADS: usize = 2;
+/// Most marker threads a check uses: past this the memory system, not the
+/// markers, sets the pace.
+pub const MAX_SCAN_THREADS: usize = 8;
 
 /// Default period of the background scan: often enough that a leak in a
 /// server shows up within half a minute of `min_age`, rarely enough that a
@@ -76,6 +88,7 @@ impl Default for Options {
             scan_interval_ms: DEFAULT_SCAN_INTERVAL_MS,
             min_age_ms: DEFAULT_MIN_AGE_MS,
             control_socket: true,
+            scan_threads: None,
             suppressions: None,
         }
     }
@@ -187,6 +200,13 @@ impl Options {
             "scan_interval" => self.scan_interval_ms = parse_seconds(value)?,
             "min_age" => self.min_age_ms = parse_seconds(value)?,
             "control_socket" => self.control_socket = boolean(value)?,
+            "scan_threads" => {
+                let n = int(value)?;
+                if n < 1 {
+                    return Err("at least 1 (one marker: no helper threads)".into());
+                }
+                self.scan_threads = Some((n as usize).min(MAX_SCAN_THREADS));
+            }
             "suppressions" => {
                 if value.is_empty() {
                     return Err("empty path".into());
@@ -237,6 +257,20 @@ mod tests {
         let (o, e) = Options::parse("scan_interval=-1:min_age=soon:scan_interval=inf");
         assert_eq!(e.len(), 3);
         assert_eq!(o.scan_interval_ms, DEFAULT_SCAN_INTERVAL_MS);
+    }
+
+    #[test]
+    fn scan_threads_is_a_count_capped_at_the_maximum() {
+        assert_eq!(Options::default().scan_threads, None);
+        let (o, e) = Options::parse("scan_threads=1");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.scan_threads, Some(1));
+        let (o, e) = Options::parse("scan_threads=64");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.scan_threads, Some(MAX_SCAN_THREADS));
+        let (o, e) = Options::parse("scan_threads=0:scan_threads=two");
+        assert_eq!(e.len(), 2);
+        assert_eq!(o.scan_threads, None);
     }
 
     #[test]

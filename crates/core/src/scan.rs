@@ -22,7 +22,9 @@
 //! 2. scan the roots word by word ([`Marker::scan_words`] for memory copied
 //!    out of other threads, [`Marker::scan_range`] for memory read in place),
 //!    graying every block a word points into;
-//! 3. drain the gray stack, scanning each gray block ([`Marker::drain`]);
+//! 3. drain the gray stack, scanning each gray block ([`Marker::drain`]),
+//!    or do so with several markers at once, one per thread, sharing gray
+//!    work through a [`MarkPool`] ([`Marker::drain_shared`]);
 //! 4. classify the white blocks into direct and indirect leaks ([`classify`]).
 //!
 //! ## Direct and indirect
@@ -34,13 +36,17 @@
 //! every leaked block not reachable from a direct leak is in such a cycle,
 //! and the first of each one (in iteration order) is reported as direct.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::backing::{BackedVec, Backing};
 use crate::index::{Bounds, PageMap};
 
 /// Bytes of a gray block scanned before its children are (see `drain`).
 const SCAN_CHUNK: usize = 64 * 1024;
+/// The same with other markers around: the scan of one piece of a big
+/// block is the longest a marker goes without looking whether another
+/// waits for work (a piece of 2048 pointers takes some 100 µs).
+const SHARED_SCAN_CHUNK: usize = 16 * 1024;
 
 /// Gray blocks in flight between prefetch and scan.
 const PREFETCH_RING: usize = 16;
@@ -116,16 +122,8 @@ impl<B: Backing> GrayStack<B> {
 
     #[cold]
     fn grow(&mut self) -> bool {
-        let chunk = if self.spare.is_null() {
-            match B::alloc_zeroed(GRAY_CHUNK_BYTES) {
-                Some(p) => p.as_ptr() as *mut GrayChunk,
-                None => return false,
-            }
-        } else {
-            let c = self.spare;
-            // SAFETY: spare chunks are ours; `prev` links the spare list.
-            self.spare = unsafe { (*c).prev };
-            c
+        let Some(chunk) = self.fresh_chunk() else {
+            return false;
         };
         // SAFETY: `chunk` is a chunk-sized, suitably aligned region we own.
         unsafe {
@@ -155,6 +153,82 @@ impl<B: Backing> GrayStack<B> {
 
     pub fn overflowed(&self) -> bool {
         self.overflowed
+    }
+
+    /// A fresh or spare chunk, unlinked (`None` when backing memory ran out).
+    fn fresh_chunk(&mut self) -> Option<*mut GrayChunk> {
+        if self.spare.is_null() {
+            let p = B::alloc_zeroed(GRAY_CHUNK_BYTES)?;
+            return Some(p.as_ptr() as *mut GrayChunk);
+        }
+        let c = self.spare;
+        // SAFETY: spare chunks are ours; `prev` links the spare list.
+        self.spare = unsafe { (*c).prev };
+        Some(c)
+    }
+
+    /// Take the older part of the stack off for another marker: the chunk
+    /// under the top one if there is one, else the older half of the top
+    /// chunk moved into a chunk of its own, or the top chunk itself if all
+    /// it holds is the rest of a big block. `None` if fewer than two items
+    /// are left (or no chunk could be had). The chunk is no longer ours.
+    fn split_off(&mut self) -> Option<*mut GrayChunk> {
+        // SAFETY: `top` is null or a chunk we own exclusively.
+        let top = unsafe { self.top.as_mut() }?;
+        // SAFETY: `prev` is null or a chunk we own exclusively.
+        if let Some(below) = unsafe { top.prev.as_mut() } {
+            if below.len > 0 {
+                top.prev = below.prev;
+                below.prev = core::ptr::null_mut();
+                return Some(below);
+            }
+        }
+        let len = top.len;
+        if len == 1 && top.items[0].1 > SHARED_SCAN_CHUNK {
+            // The unscanned rest of a big block: worth a marker of its own.
+            let whole = self.top;
+            self.top = top.prev;
+            top.prev = core::ptr::null_mut();
+            return Some(whole);
+        }
+        if len < 2 {
+            return None;
+        }
+        let half = len / 2;
+        let fresh = self.fresh_chunk()?;
+        // SAFETY: `fresh` is a whole chunk we own, distinct from `top`
+        // (re-borrowed here: `fresh_chunk` needed `self`).
+        unsafe {
+            let (top, fresh) = (&mut *self.top, &mut *fresh);
+            fresh.items[..half].copy_from_slice(&top.items[..half]);
+            fresh.len = half;
+            fresh.prev = core::ptr::null_mut();
+            top.items.copy_within(half..len, 0);
+            top.len = len - half;
+            Some(fresh)
+        }
+    }
+
+    /// Take over `chunk` (from [`Self::split_off`] of some stack of the same
+    /// backing) and its items.
+    ///
+    /// # Safety
+    /// `chunk` is a gray chunk nobody else uses any more.
+    unsafe fn adopt(&mut self, chunk: *mut GrayChunk) {
+        // An emptied top chunk goes to the spare list rather than lie under
+        // the new one.
+        // SAFETY: `top` is null or a chunk we own exclusively.
+        if let Some(top) = unsafe { self.top.as_mut() } {
+            if top.len == 0 {
+                let empty = self.top;
+                self.top = top.prev;
+                top.prev = self.spare;
+                self.spare = empty;
+            }
+        }
+        // SAFETY: per the contract the chunk is ours now.
+        unsafe { (*chunk).prev = self.top };
+        self.top = chunk;
     }
 }
 
@@ -225,6 +299,9 @@ pub struct Marker<'a, B: Backing, S: Fn(usize) -> Extent> {
     scanned_bytes: u64,
     marked_blocks: u64,
     marked_bytes: u64,
+    /// Made by [`Self::for_pool`]: joins the pool's mark when it starts
+    /// draining (the first marker is counted in by the pool from the start).
+    helper: bool,
 }
 
 impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
@@ -239,6 +316,7 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             scanned_bytes: 0,
             marked_blocks: 0,
             marked_bytes: 0,
+            helper: false,
         }
     }
 
@@ -333,7 +411,105 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
     /// # Safety
     /// As for [`Self::drain`].
     pub unsafe fn drain_until(&mut self, mut give_up: impl FnMut() -> bool) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.drain_local(None, &mut give_up) }
+    }
+
+    /// As [`Self::drain_until`], as one of several markers sharing `pool`:
+    /// gray work moves between them through the pool, and this returns
+    /// once no marker has any left (true), or once any of them gave up
+    /// (false: the marks are incomplete). `pause(n)` is called while this
+    /// marker waits for work, `n` counting the rounds so far (spin, then
+    /// yield the CPU).
+    ///
+    /// The first marker is the one the pool was made for ([`MarkPool::new`]
+    /// counts it in, working, from the start, so a helper that comes first
+    /// cannot take the mark for over before it began); helpers are made by
+    /// [`Self::for_pool`], with the pool's bounds. Afterwards a helper
+    /// hands its counters in ([`Self::hand_in`]) and the first marker takes
+    /// them ([`Self::absorb`]) once every helper has returned.
+    ///
+    /// # Safety
+    /// As for [`Self::drain`], until every marker sharing the pool has
+    /// returned.
+    pub unsafe fn drain_shared(
+        &mut self,
+        pool: &MarkPool<B>,
+        mut give_up: impl FnMut() -> bool,
+        mut pause: impl FnMut(u32),
+    ) -> bool {
+        if self.helper && !pool.join(&mut pause) {
+            return !pool.aborted();
+        }
+        loop {
+            // Working: scan our own gray blocks, sharing when asked.
+            // SAFETY: forwarded contract.
+            if !unsafe { self.drain_local(Some(pool), &mut give_up) } {
+                pool.abort();
+                return false;
+            }
+            // Idle: take donated work, or learn that the mark is over.
+            match pool.wait_for_work(&mut pause) {
+                // SAFETY: a chunk taken from the pool is ours alone.
+                Some(chunk) => unsafe { self.gray.adopt(chunk) },
+                None => return !pool.aborted(),
+            }
+        }
+    }
+
+    /// A marker that joins `pool`'s mark with the pool's bounds.
+    pub fn for_pool(index: &'a PageMap<B>, size_of: S, pool: &MarkPool<B>) -> Self {
+        Marker {
+            bounds: pool.bounds,
+            helper: true,
+            ..Marker::new(index, size_of)
+        }
+    }
+
+    /// Add this (helper) marker's counters to the pool's totals.
+    pub fn hand_in(&self, pool: &MarkPool<B>) {
+        let t = &pool.totals;
+        t.scanned_bytes
+            .fetch_add(self.scanned_bytes, Ordering::Relaxed);
+        t.marked_blocks
+            .fetch_add(self.marked_blocks, Ordering::Relaxed);
+        t.marked_bytes
+            .fetch_add(self.marked_bytes, Ordering::Relaxed);
+        if self.overflowed() {
+            t.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Add the counters the helpers handed in to this marker's, once they
+    /// all returned from [`Self::drain_shared`] and handed in.
+    pub fn absorb(&mut self, pool: &MarkPool<B>) {
+        let t = &pool.totals;
+        self.scanned_bytes += t.scanned_bytes.swap(0, Ordering::Relaxed);
+        self.marked_blocks += t.marked_blocks.swap(0, Ordering::Relaxed);
+        self.marked_bytes += t.marked_bytes.swap(0, Ordering::Relaxed);
+        if t.overflowed.load(Ordering::Relaxed) {
+            self.gray.overflowed = true;
+        }
+    }
+
+    /// Scan gray blocks until none is left here; with a pool, give some to
+    /// it when another marker is waiting. False if it gave up.
+    ///
+    /// # Safety
+    /// As for [`Self::drain`].
+    #[inline(always)]
+    unsafe fn drain_local(
+        &mut self,
+        pool: Option<&MarkPool<B>>,
+        give_up: &mut impl FnMut() -> bool,
+    ) -> bool {
         let mut budget = GIVE_UP_CHECK;
+        let mut share_check = SHARE_CHECK;
+        let piece = if pool.is_some() {
+            SHARED_SCAN_CHUNK
+        } else {
+            SCAN_CHUNK
+        };
         // Prefetch on gray (Boehm, ISMM 2000): a popped block waits in a
         // small ring while its first cache lines load, so the scan of one
         // block overlaps the memory latency of the next few.
@@ -356,30 +532,314 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             }
             budget -= 1;
             if budget == 0 {
-                if give_up() {
+                if give_up() || pool.is_some_and(|p| p.aborted()) {
                     return false;
                 }
                 budget = GIVE_UP_CHECK;
             }
+            if let Some(pool) = pool {
+                share_check -= 1;
+                if share_check == 0 {
+                    share_check = SHARE_CHECK;
+                    if pool.hungry() {
+                        self.share(pool);
+                    }
+                }
+            }
             let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
-            if size > SCAN_CHUNK {
+            if size > piece {
                 // A big block (an array of a million pointers, say) would
                 // push all its children at once; scanning it a chunk at a
                 // time keeps the gray stack, and leakscan's memory, small.
-                self.gray.push(start + SCAN_CHUNK, size - SCAN_CHUNK);
-                size = SCAN_CHUNK;
+                self.gray.push(start + piece, size - piece);
+                size = piece;
+                // Let a waiting marker scan the rest meanwhile.
+                if let Some(pool) = pool.filter(|p| p.hungry()) {
+                    self.share(pool);
+                }
             }
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
         }
         true
     }
+
+    /// Give the older part of our gray stack to the pool (a waiting marker
+    /// takes it). If the pool is busy this time, keep it: we ask again soon.
+    #[cold]
+    fn share(&mut self, pool: &MarkPool<B>) {
+        let Some(chunk) = self.gray.split_off() else {
+            return;
+        };
+        if !pool.donate(chunk) {
+            // SAFETY: the pool refused it, so the chunk is still ours.
+            unsafe { self.gray.adopt(chunk) };
+        }
+    }
 }
 
 /// Gray blocks scanned between two calls of `drain_until`'s `give_up`.
 const GIVE_UP_CHECK: u32 = 4096;
+
+/// Gray blocks scanned between two looks at whether another marker waits
+/// for work (two relaxed loads of a line that is rarely written).
+const SHARE_CHECK: u32 = 32;
+
+/// Keeps a group of atomics on cache lines of its own, so markers polling
+/// one group do not slow the writers of another.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// What the pool's lock protects. The atomics are written only with the
+/// lock held; markers read them without it as hints, and decide only
+/// under the lock.
+struct Shared {
+    /// 0 free, 1 held: a spinlock; critical sections are a few stores.
+    lock: core::sync::atomic::AtomicU32,
+    /// Donated chunks, linked through `prev`.
+    chunks: AtomicPtr<GrayChunk>,
+}
+
+struct Hints {
+    /// Chunks in the pool.
+    available: AtomicUsize,
+    /// Markers that joined the mark, and those of them without work.
+    joined: AtomicUsize,
+    idle: AtomicUsize,
+    /// Every marker is idle and the pool empty: the mark is over.
+    done: AtomicBool,
+    /// A marker gave up: the mark is over and incomplete.
+    aborted: AtomicBool,
+}
+
+/// Counters of helper markers, handed in when they are done.
+struct Totals {
+    scanned_bytes: AtomicU64,
+    marked_blocks: AtomicU64,
+    marked_bytes: AtomicU64,
+    overflowed: AtomicBool,
+}
+
+/// Gray work shared by the markers of one mark phase.
+///
+/// ## How markers share work
+///
+/// Marks are atomic in the index (`fetch_or`), so any number of markers
+/// may scan at once: whichever marks a block first scans it, and each
+/// block is scanned once. Each marker keeps its own gray stack; a marker
+/// whose stack runs dry waits here, and a busy marker that sees one waiting
+/// and the pool empty (checked every [`SHARE_CHECK`] blocks) donates the
+/// older part of its stack — a whole 64 KiB chunk of it, or half of its
+/// only chunk. A big block's unscanned rest sits on the gray stack like
+/// any item, so it is shared too.
+///
+/// ## Marker states
+///
+/// ```text
+/// working --stack and pool empty--> idle --took a chunk--> working
+/// idle --all idle and pool empty--> done
+/// any --gave up, or saw `aborted`--> done (incomplete)
+/// ```
+///
+/// ## Lock story
+///
+/// One spinlock guards the chunk list and the `joined`/`idle` counts, so
+/// that "every marker that joined is idle and the pool is empty" is read
+/// as one state: a marker counts as idle only while it holds no work, and
+/// only a working marker donates, so once that state is seen nobody can
+/// make new work and the mark is complete. Nobody ever waits on the lock
+/// while holding it or anything else; donors only `try_lock` (a busy pool
+/// means "share later"). A marker may join late, even after the end: it
+/// then learns `done` at once.
+pub struct MarkPool<B: Backing> {
+    shared: Padded<Shared>,
+    hints: Padded<Hints>,
+    totals: Padded<Totals>,
+    bounds: Bounds,
+    _backing: core::marker::PhantomData<B>,
+}
+
+// SAFETY: all state is atomic; the chunks the list points to are owned by
+// the pool and handed to exactly one marker under the lock.
+unsafe impl<B: Backing> Sync for MarkPool<B> {}
+// SAFETY: as above; chunks are backing memory, not tied to a thread.
+unsafe impl<B: Backing> Send for MarkPool<B> {}
+
+impl<B: Backing> MarkPool<B> {
+    /// An empty pool for the mark of `first` (counted in as working, until
+    /// it calls [`Marker::drain_shared`] and runs out of work); helpers
+    /// pre-filter words with its bounds.
+    pub fn new<S: Fn(usize) -> Extent>(first: &Marker<'_, B, S>) -> Self {
+        debug_assert!(!first.helper, "a pool is made for its first marker");
+        MarkPool {
+            shared: Padded(Shared {
+                lock: core::sync::atomic::AtomicU32::new(0),
+                chunks: AtomicPtr::new(core::ptr::null_mut()),
+            }),
+            hints: Padded(Hints {
+                available: AtomicUsize::new(0),
+                joined: AtomicUsize::new(1),
+                idle: AtomicUsize::new(0),
+                done: AtomicBool::new(false),
+                aborted: AtomicBool::new(false),
+            }),
+            totals: Padded(Totals {
+                scanned_bytes: AtomicU64::new(0),
+                marked_blocks: AtomicU64::new(0),
+                marked_bytes: AtomicU64::new(0),
+                overflowed: AtomicBool::new(false),
+            }),
+            bounds: first.bounds,
+            _backing: core::marker::PhantomData,
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        let lock = &self.shared.lock;
+        lock.load(Ordering::Relaxed) == 0
+            && lock
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn lock(&self, pause: &mut impl FnMut(u32)) {
+        let mut round = 0;
+        while !self.try_lock() {
+            pause(round);
+            round += 1;
+        }
+    }
+
+    fn unlock(&self) {
+        self.shared.lock.store(0, Ordering::Release);
+    }
+
+    /// Whether a marker gave up.
+    pub fn aborted(&self) -> bool {
+        self.hints.aborted.load(Ordering::Acquire)
+    }
+
+    fn abort(&self) {
+        self.hints.aborted.store(true, Ordering::Release);
+    }
+
+    /// Whether the mark is over (every marker idle, nothing left; or a
+    /// marker gave up).
+    pub fn finished(&self) -> bool {
+        self.hints.done.load(Ordering::Acquire) || self.aborted()
+    }
+
+    /// A marker waits and the pool has nothing for it (a hint).
+    #[inline(always)]
+    fn hungry(&self) -> bool {
+        self.hints.idle.load(Ordering::Relaxed) > 0
+            && self.hints.available.load(Ordering::Relaxed) == 0
+    }
+
+    /// Count a marker in, working; false if the mark is already over.
+    fn join(&self, pause: &mut impl FnMut(u32)) -> bool {
+        self.lock(pause);
+        let open = !self.finished();
+        if open {
+            let h = &self.hints;
+            h.joined
+                .store(h.joined.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        self.unlock();
+        open
+    }
+
+    /// Put `chunk` in the pool; false (the chunk stays the caller's) if the
+    /// lock is busy.
+    fn donate(&self, chunk: *mut GrayChunk) -> bool {
+        if !self.try_lock() {
+            return false;
+        }
+        let list = &self.shared.chunks;
+        // SAFETY: the caller gives the chunk up; we hold the lock over the
+        // list.
+        unsafe { (*chunk).prev = list.load(Ordering::Relaxed) };
+        list.store(chunk, Ordering::Relaxed);
+        let h = &self.hints;
+        h.available
+            .store(h.available.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.unlock();
+        true
+    }
+
+    /// Take a chunk if there is one; `None` if not. Lock held.
+    fn take_locked(&self) -> Option<*mut GrayChunk> {
+        let list = &self.shared.chunks;
+        let chunk = list.load(Ordering::Relaxed);
+        if chunk.is_null() {
+            return None;
+        }
+        // SAFETY: listed chunks belong to the pool; the lock is held.
+        list.store(unsafe { (*chunk).prev }, Ordering::Relaxed);
+        let h = &self.hints;
+        h.available
+            .store(h.available.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        Some(chunk)
+    }
+
+    /// The caller ran out of work: wait until a chunk can be taken (then
+    /// it is the caller's), or the mark is over (`None`).
+    fn wait_for_work(&self, pause: &mut impl FnMut(u32)) -> Option<*mut GrayChunk> {
+        let h = &self.hints;
+        self.lock(pause);
+        if let Some(chunk) = self.take_locked() {
+            self.unlock();
+            return Some(chunk);
+        }
+        let idle = h.idle.load(Ordering::Relaxed) + 1;
+        h.idle.store(idle, Ordering::Relaxed);
+        if idle == h.joined.load(Ordering::Relaxed) {
+            h.done.store(true, Ordering::Release);
+        }
+        self.unlock();
+        let mut round = 0;
+        loop {
+            if self.finished() {
+                return None;
+            }
+            if h.available.load(Ordering::Relaxed) > 0 && self.try_lock() {
+                if let Some(chunk) = self.take_locked() {
+                    h.idle
+                        .store(h.idle.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                    self.unlock();
+                    return Some(chunk);
+                }
+                self.unlock();
+            }
+            pause(round);
+            round = round.saturating_add(1);
+        }
+    }
+}
+
+impl<B: Backing> Drop for MarkPool<B> {
+    fn drop(&mut self) {
+        // Chunks left behind by a mark that gave up.
+        let mut chunk = *self.shared.0.chunks.get_mut();
+        while let Some(c) = core::ptr::NonNull::new(chunk) {
+            // SAFETY: listed chunks came from alloc_zeroed with
+            // GRAY_CHUNK_BYTES and belong to the pool alone.
+            unsafe {
+                chunk = (*c.as_ptr()).prev;
+                B::release(c.cast(), GRAY_CHUNK_BYTES);
+            }
+        }
+    }
+}
 
 /// A white (unreached) block during classification.
 #[derive(Debug, Clone, Copy)]
@@ -784,6 +1244,251 @@ mod tests {
         let leaks = h.check_with(&[], &[young], &[young]);
         assert_eq!(leaks.len(), 3);
         assert_eq!(leaks.get(&old), Some(&false), "old is pointed to by lost");
+    }
+
+    /// A xorshift generator: randomized heaps that a failure can replay.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// What a mark left: the marked blocks and the markers' counters.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Marked {
+        blocks: Vec<usize>,
+        scanned_bytes: u64,
+        marked: (u64, u64),
+        complete: bool,
+    }
+
+    impl Heap {
+        /// A random heap: mostly small blocks, a few big ones (scanned in
+        /// chunks), pointers to starts and interiors, some no_scan blocks,
+        /// chains deep enough that the gray stack spans chunks.
+        fn random(rng: &mut Rng, blocks: usize) -> (Heap, Vec<usize>, Vec<usize>) {
+            let mut h = Heap::new();
+            let mut starts = Vec::new();
+            for _ in 0..blocks {
+                let words = match rng.below(100) {
+                    0 => SCAN_CHUNK / 8 * 2 + rng.below(5000),
+                    1..=9 => 64 + rng.below(512),
+                    _ => 1 + rng.below(16),
+                };
+                starts.push(h.alloc(words));
+            }
+            for &b in &starts {
+                let words = h.sizes[&b] / 8;
+                let pointers = if words > 1000 {
+                    words / 2
+                } else {
+                    rng.below(words.min(4) + 1)
+                };
+                for _ in 0..pointers {
+                    let target = starts[rng.below(starts.len())];
+                    let offset = if rng.below(4) == 0 {
+                        rng.below(h.sizes[&target])
+                    } else {
+                        0
+                    };
+                    let at = rng.below(words);
+                    h.set(b, at, target + offset);
+                }
+            }
+            let roots = (0..1 + rng.below(8))
+                .map(|_| starts[rng.below(starts.len())])
+                .collect();
+            let no_scan = (0..rng.below(4))
+                .map(|_| starts[rng.below(starts.len())])
+                .collect();
+            (h, roots, no_scan)
+        }
+
+        /// Mark from `roots` with `markers` markers (1: `drain`, the
+        /// single-marker path), each helper on a thread of its own.
+        fn mark(&self, roots: &[usize], no_scan: &[usize], markers: usize) -> Marked {
+            let sizes = &self.sizes;
+            let extent = |s: usize| Extent {
+                size: sizes[&s],
+                scan: !no_scan.contains(&s),
+            };
+            self.index.clear_marks();
+            let mut first = Marker::new(&self.index, extent);
+            first.scan_words(roots);
+            let complete = if markers == 1 {
+                // SAFETY: the blocks live in self.blocks for the whole call.
+                unsafe { first.drain() };
+                true
+            } else {
+                let pool = MarkPool::new(&first);
+                let pause = |_| std::thread::yield_now();
+                let complete = std::thread::scope(|scope| {
+                    for _ in 1..markers {
+                        scope.spawn(|| {
+                            let mut m = Marker::for_pool(&self.index, extent, &pool);
+                            // SAFETY: as above.
+                            let ok = unsafe { m.drain_shared(&pool, || false, pause) };
+                            m.hand_in(&pool);
+                            ok
+                        });
+                    }
+                    // SAFETY: as above.
+                    unsafe { first.drain_shared(&pool, || false, pause) }
+                });
+                first.absorb(&pool);
+                complete
+            };
+            let mut blocks: Vec<usize> = self
+                .sizes
+                .keys()
+                .copied()
+                .filter(|&s| self.index.is_marked(s))
+                .collect();
+            blocks.sort_unstable();
+            Marked {
+                blocks,
+                scanned_bytes: first.scanned_bytes(),
+                marked: first.marked(),
+                complete: complete && !first.overflowed(),
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_marking_matches_one_marker_on_random_heaps() {
+        for seed in 1..=12u64 {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let blocks = 400 + rng.below(3000);
+            let (h, roots, no_scan) = Heap::random(&mut rng, blocks);
+            let one = h.mark(&roots, &no_scan, 1);
+            assert!(one.complete);
+            let leaks = h.check_with(&roots, &no_scan, &[]);
+            for markers in [2, 3, 4, 8] {
+                let many = h.mark(&roots, &no_scan, markers);
+                assert_eq!(many, one, "seed {seed}, {markers} markers");
+                // Classification reads the marks the parallel mark left.
+                let sizes = &h.sizes;
+                let extent = |s: usize| Extent {
+                    size: sizes[&s],
+                    scan: !no_scan.contains(&s),
+                };
+                let mut found = BTreeMap::new();
+                // SAFETY: the blocks live in h.blocks.
+                unsafe {
+                    classify(
+                        &h.index,
+                        extent,
+                        |_| false,
+                        |s, _, d| {
+                            found.insert(s, d);
+                        },
+                    )
+                };
+                assert_eq!(found, leaks, "seed {seed}, {markers} markers");
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_chain_is_marked_whole_by_many_markers() {
+        // One path: nothing to share but the big root block's rest.
+        let mut h = Heap::new();
+        let nodes: Vec<usize> = (0..20_000).map(|_| h.alloc(2)).collect();
+        for w in nodes.windows(2) {
+            h.set(w[0], 1, w[1]);
+        }
+        let one = h.mark(&[nodes[0]], &[], 1);
+        assert_eq!(one.blocks.len(), nodes.len());
+        assert_eq!(h.mark(&[nodes[0]], &[], 4), one);
+    }
+
+    #[test]
+    fn one_marker_giving_up_stops_them_all() {
+        let mut rng = Rng(7);
+        let (h, roots, _) = Heap::random(&mut rng, 20_000);
+        let sizes = &h.sizes;
+        let extent = |s: usize| Extent::scanned(sizes[&s]);
+        h.index.clear_marks();
+        let mut first = Marker::new(&h.index, extent);
+        first.scan_words(&roots);
+        let pool = MarkPool::new(&first);
+        let pause = |_| std::thread::yield_now();
+        let (helper, first_ok) = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| {
+                let mut m = Marker::for_pool(&h.index, extent, &pool);
+                // SAFETY: the blocks live in h.blocks.
+                unsafe { m.drain_shared(&pool, || false, pause) }
+            });
+            // SAFETY: as above.
+            let first_ok = unsafe { first.drain_shared(&pool, || true, pause) };
+            (helper.join().unwrap(), first_ok)
+        });
+        assert!(!first_ok);
+        assert!(pool.aborted() && pool.finished());
+        // The helper either gave up with it or found nothing to do.
+        let _ = helper;
+        // A marker that comes late learns at once that it is over.
+        let mut late = Marker::for_pool(&h.index, extent, &pool);
+        // SAFETY: as above.
+        assert!(!unsafe { late.drain_shared(&pool, || false, pause) });
+    }
+
+    #[test]
+    fn a_marker_joining_after_the_end_finds_nothing_to_do() {
+        let mut h = Heap::new();
+        let a = h.alloc(2);
+        let extent = |_| Extent::scanned(16);
+        h.index.clear_marks();
+        let mut first = Marker::new(&h.index, extent);
+        first.scan_words(&[a]);
+        let pool = MarkPool::new(&first);
+        // SAFETY: the block lives in h.blocks.
+        assert!(unsafe { first.drain_shared(&pool, || false, |_| ()) });
+        assert!(pool.finished() && !pool.aborted());
+        let mut late = Marker::for_pool(&h.index, extent, &pool);
+        // SAFETY: as above.
+        assert!(unsafe { late.drain_shared(&pool, || false, |_| panic!("waited")) });
+        late.hand_in(&pool);
+        first.absorb(&pool);
+        assert_eq!(first.marked(), (1, 16));
+    }
+
+    #[test]
+    fn split_off_gives_older_work_and_adopt_takes_it() {
+        let mut g = GrayStack::<HeapBacking>::new();
+        assert!(g.split_off().is_none());
+        g.push(1, 1);
+        assert!(g.split_off().is_none(), "one item is not split");
+        for i in 2..=10 {
+            g.push(i, i);
+        }
+        // One chunk of 10: the older half (1..=5) goes.
+        let c = g.split_off().unwrap();
+        let mut other = GrayStack::<HeapBacking>::new();
+        // SAFETY: split_off gave the chunk up.
+        unsafe { other.adopt(c) };
+        let mine: Vec<_> = std::iter::from_fn(|| g.pop()).collect();
+        let theirs: Vec<_> = std::iter::from_fn(|| other.pop()).collect();
+        assert_eq!(mine, (6..=10).rev().map(|i| (i, i)).collect::<Vec<_>>());
+        assert_eq!(theirs, (1..=5).rev().map(|i| (i, i)).collect::<Vec<_>>());
+        // Two chunks: the whole older chunk goes.
+        for i in 0..GRAY_ITEMS + 3 {
+            g.push(i, i);
+        }
+        let c = g.split_off().unwrap();
+        // SAFETY: as above.
+        unsafe { other.adopt(c) };
+        assert_eq!(std::iter::from_fn(|| g.pop()).count(), 3);
+        assert_eq!(std::iter::from_fn(|| other.pop()).count(), GRAY_ITEMS);
     }
 
     #[test]

@@ -230,3 +230,17 @@ pub unsafe fn spawn_internal(
         ok
     }
 }
+
+/// CPUs this process may run on (its affinity mask), at least 1. Does not
+/// allocate.
+pub fn cpu_count() -> usize {
+    // SAFETY: set is a valid cpu_set_t out-parameter of the size passed;
+    // CPU_COUNT only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        (libc::CPU_COUNT(&set) as usize).max(1)
+    }
+}

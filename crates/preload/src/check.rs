@@ -30,7 +30,8 @@
 //!      arena heaps and the chunks of live blocks (malloc's memory is
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left (blocks marked `no_scan` are
-//!    marked but not scanned);
+//!    marked but not scanned), on `scan_threads` markers: this thread and
+//!    helpers made before step 2 ([`markers`]);
 //! 5. classify what stayed white into direct and indirect leaks, excusing
 //!    blocks allocated while the check ran (kmemleak: they count as
 //!    referenced), blocks annotated as not leaks, what the caller excuses,
@@ -49,12 +50,13 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use leakscan_core::backing::BackedVec;
-use leakscan_core::scan::{classify, Extent, Marker};
+use leakscan_core::scan::{classify, Extent, MarkPool, Marker};
 use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
 use crate::annotations;
 use crate::guard::Guard;
+use crate::markers;
 use crate::quarantine;
 use crate::state::{CURBRK, INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
@@ -116,9 +118,9 @@ const PAGE: usize = 4096;
 const RED_ZONE: usize = 128;
 const COPY_BUF: usize = 256 * 1024;
 
-type ExtentOf = fn(usize) -> Extent;
+pub(crate) type ExtentOf = fn(usize) -> Extent;
 
-fn block_extent(start: usize) -> Extent {
+pub(crate) fn block_extent(start: usize) -> Extent {
     let t = live_trailer(start);
     Extent {
         size: t.size,
@@ -181,19 +183,22 @@ pub fn run(g: &Guard, mode: Mode, excused: &dyn Fn(usize, &Trailer) -> bool) -> 
     let Some(mut scratch) = Scratch::new() else {
         return result;
     };
+    // Helper markers are created now, if need be: creating a thread
+    // allocates, which it must not do once the world is stopped.
+    let helpers = markers::prepare(g);
     match mode {
         Mode::Exact { .. } => {
             let mut ran = false;
             modules::for_each_module(|_| {
                 ran = true;
-                check_locked(g, mode, excused, &mut scratch, &mut result);
+                check_locked(g, mode, excused, helpers, &mut scratch, &mut result);
                 false
             });
             if !ran {
-                check_locked(g, mode, excused, &mut scratch, &mut result);
+                check_locked(g, mode, excused, helpers, &mut scratch, &mut result);
             }
         }
-        Mode::Live { .. } => check_locked(g, mode, excused, &mut scratch, &mut result),
+        Mode::Live { .. } => check_locked(g, mode, excused, helpers, &mut scratch, &mut result),
     }
     result.quarantined = quarantine::deferred();
     // The check's time ends here; giving the deferred blocks back is the
@@ -222,6 +227,7 @@ fn check_locked(
     g: &Guard,
     mode: Mode,
     excused: &dyn Fn(usize, &Trailer) -> bool,
+    helpers: usize,
     scratch: &mut Scratch,
     result: &mut CheckResult,
 ) {
@@ -259,11 +265,9 @@ fn check_locked(
     roots.registered_regions(regions.as_slice());
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
-    // SAFETY: stopped threads cannot free, and frees by the others are
-    // deferred by the quarantine: tracked blocks stay mapped.
     let drained = roots_done
-        && unsafe { marker.drain_until(give_up) }
-        && gray_new_blocks(&mut marker, generation, &give_up);
+        && drain(&mut marker, helpers, &give_up)
+        && gray_new_blocks(&mut marker, generation, helpers, &give_up);
     let live = matches!(mode, Mode::Live { .. });
     let mut recorded_all = true;
     let is_excused = |start: usize| {
@@ -298,6 +302,32 @@ fn check_locked(
     }
 }
 
+/// Scan gray blocks until none is left, on this thread and `helpers`
+/// helper markers; false if `give_up` said so.
+fn drain(
+    marker: &mut Marker<'_, MmapBacking, ExtentOf>,
+    helpers: usize,
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> bool {
+    if helpers == 0 {
+        // SAFETY: stopped threads cannot free, and frees by the others are
+        // deferred by the quarantine: tracked blocks stay mapped.
+        return unsafe { marker.drain_until(give_up) };
+    }
+    let pool = MarkPool::new(marker);
+    let job = markers::Job {
+        pool: &pool,
+        give_up,
+    };
+    let drained = markers::with_helpers(&job, || {
+        // SAFETY: as above; for the helpers too, since `with_helpers`
+        // returns only once they have let go of the pool.
+        unsafe { marker.drain_shared(&pool, give_up, markers::pause) }
+    });
+    marker.absorb(&pool);
+    drained
+}
+
 /// Blocks allocated while the check ran count as referenced (kmemleak's
 /// rule), and so does whatever they point to: a pointer may have moved into
 /// a new block after the block that held it was scanned. Graying them here,
@@ -309,15 +339,15 @@ fn check_locked(
 fn gray_new_blocks(
     marker: &mut Marker<'_, MmapBacking, ExtentOf>,
     generation: u16,
-    give_up: &dyn Fn() -> bool,
+    helpers: usize,
+    give_up: &(dyn Fn() -> bool + Sync),
 ) -> bool {
     INDEX.for_each_block(|start| {
         if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
             marker.gray_block(start);
         }
     });
-    // SAFETY: as for the main drain: the quarantine keeps blocks allocated.
-    unsafe { marker.drain_until(give_up) }
+    drain(marker, helpers, give_up)
 }
 
 /// A fast hash of a block's contents (FNV-style over 64-bit words, with a

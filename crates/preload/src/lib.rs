@@ -18,7 +18,8 @@
 //!   main thread, a fork handler and the exit check.
 //! - Threads register from our `pthread_create` trampoline ([`threads`]).
 //! - fork: the child keeps tracking its own heap; the parent's other threads
-//!   become ghosts whose stacks are roots. exec: the new image loads the
+//!   become ghosts whose stacks are roots; the parent's scanner and helper
+//!   marker threads ([`markers`]) are gone, and the child makes its own. exec: the new image loads the
 //!   library afresh, and its report is its own.
 //! - exit: [`at_exit`] runs the check; the report is `<pid>.json`.
 //!
@@ -36,6 +37,7 @@ mod check;
 mod cxx;
 mod guard;
 mod hooks;
+mod markers;
 mod own_heap;
 mod quarantine;
 mod report;
@@ -158,6 +160,7 @@ unsafe extern "C" fn in_fork_child() {
     threads::after_fork_in_child();
     quarantine::after_fork_in_child();
     annotations::after_fork_in_child();
+    markers::after_fork_in_child();
     state::SCAN_LOCK.reset();
     if let Some(g) = Guard::enter() {
         scanner::after_fork_in_child(&g);
