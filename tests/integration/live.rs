@@ -69,6 +69,16 @@ impl Live {
         )
     }
 
+    /// Wait for the program to end; its status and everything it printed.
+    fn finish(&mut self) -> (std::process::ExitStatus, String) {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout)
+                .expect("read the program's output");
+        }
+        (self.child.wait().expect("wait for the program"), stdout)
+    }
+
     fn socket(&self) -> PathBuf {
         self.reports.join(format!("{}.sock", self.pid()))
     }
@@ -461,14 +471,7 @@ fn a_churning_server_is_reported_exactly_and_in_time() {
             last_seen = written;
         }
     }
-    let mut stdout = String::new();
-    live.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = live.child.wait().unwrap();
+    let (status, stdout) = live.finish();
     assert!(status.success(), "the server failed: {status:?}");
     let leaks: usize = stdout
         .split_whitespace()
@@ -497,14 +500,7 @@ fn realloc_keeps_the_usable_size_while_scans_defer_frees() {
     let dir = workdir("live_usable_size");
     let binary = build(&Spec::load("live_usable_size.c"), &dir);
     let mut live = Live::start(&dir, &binary, &["4"], "scan_interval=0.01:min_age=0");
-    let mut stdout = String::new();
-    live.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = live.child.wait().unwrap();
+    let (status, stdout) = live.finish();
     assert_eq!(
         status.code(),
         Some(0),
@@ -556,14 +552,7 @@ fn eight_threads_churning_under_scans_every_100ms() {
             quarantined += s["last_quarantine_blocks"].as_u64().unwrap();
         }
     }
-    let mut stdout = String::new();
-    live.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = live.child.wait().unwrap();
+    let (status, stdout) = live.finish();
     assert_eq!(
         status.code(),
         Some(0),
