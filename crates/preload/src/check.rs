@@ -60,7 +60,7 @@ use crate::markers;
 use crate::quarantine;
 use crate::state::{CURBRK, INDEX, OWN_BASE, SCAN_GEN};
 use crate::stop;
-use crate::threads::{self, GHOST, LIVE, SLOTS};
+use crate::threads::{self, Slot, GHOST, LIVE, SLOTS};
 use crate::trailer::{self, Trailer};
 
 /// A growable buffer in leakscan's own mappings: usable while other threads
@@ -258,10 +258,10 @@ fn check_locked(
         excluded: &mut scratch.excluded,
     };
     roots.globals(segments.as_slice(), mode);
-    match (mode, stop) {
-        (Mode::Exact { caller_sp, .. }, Some((stop, _))) => roots.threads_stopped(stop, caller_sp),
-        _ => roots.threads_running(),
-    }
+    roots.threads(match (mode, stop) {
+        (Mode::Exact { caller_sp, .. }, Some((stop, _))) => Some((stop, caller_sp)),
+        _ => None,
+    });
     roots.registered_regions(regions.as_slice());
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
@@ -441,9 +441,13 @@ impl Roots<'_, '_> {
         }
     }
 
-    /// Every registered thread of a stopped world: registers, stack from
-    /// the saved stack pointer up, static TLS and TCB.
-    fn threads_stopped(&mut self, stop: u32, caller_sp: usize) {
+    /// Every registered thread: its stack, static TLS and TCB. In a
+    /// stopped world (`stop` = Some((stop number, caller's sp))) also its
+    /// saved registers, and the stack only from the saved stack pointer up.
+    /// In a running world registers are not known (the two-scan rule covers
+    /// pointers that live only in them for a moment) and the whole stack is
+    /// read, minus pages never touched.
+    fn threads(&mut self, stop: Option<(u32, usize)>) {
         let me = sys::gettid();
         let tls = threads::tls_geometry();
         for slot in &SLOTS {
@@ -455,30 +459,10 @@ impl Roots<'_, '_> {
                 slot.stack_lo.load(Ordering::Relaxed),
                 slot.stack_hi.load(Ordering::Relaxed),
             );
-            self.excluded.push((lo, hi));
-            if state == LIVE && slot.tid.load(Ordering::Relaxed) == me {
-                if lo <= caller_sp && caller_sp < hi {
-                    // SAFETY: our own live stack, above our entry frame.
-                    unsafe { self.marker.scan_range(caller_sp, hi - caller_sp) };
-                } else {
-                    // Exiting from an alternate signal stack or a coroutine.
-                    self.copied(lo, hi);
-                }
-            } else if state == LIVE && slot.stopped.load(Ordering::Acquire) == stop {
-                let mut regs = [0usize; pt::SAVED_REGS];
-                for (r, saved) in regs.iter_mut().zip(&slot.regs) {
-                    *r = saved.load(Ordering::Relaxed);
-                }
-                self.marker.scan_words(&regs);
-                let sp = slot.sp.load(Ordering::Relaxed);
-                if lo <= sp && sp < hi {
-                    self.copied(sp.saturating_sub(RED_ZONE).max(lo), hi);
-                } else {
-                    // On an alternate signal stack or a coroutine stack.
-                    self.copied(lo, hi);
-                }
-            } else {
-                self.copied(lo, hi);
+            let _ = self.excluded.push((lo, hi));
+            match stop {
+                None => self.resident(lo, hi),
+                Some((stop, caller_sp)) => self.stopped_stack(slot, state, me, stop, caller_sp),
             }
             if let Some((tls_size, tcb_size)) = tls {
                 let tp = slot.tp.load(Ordering::Relaxed);
@@ -488,29 +472,36 @@ impl Roots<'_, '_> {
         self.dead_threads();
     }
 
-    /// Every registered thread of a running world: its whole stack (minus
-    /// pages never touched), static TLS and TCB. Registers are not known;
-    /// the two-scan rule covers pointers that live only in them for a
-    /// moment.
-    fn threads_running(&mut self) {
-        let tls = threads::tls_geometry();
-        for slot in &SLOTS {
-            let state = slot.state.load(Ordering::Acquire);
-            if state != LIVE && state != GHOST {
-                continue;
+    /// One thread's registers and live stack in a stopped world.
+    fn stopped_stack(&mut self, slot: &Slot, state: u32, me: i32, stop: u32, caller_sp: usize) {
+        let (lo, hi) = (
+            slot.stack_lo.load(Ordering::Relaxed),
+            slot.stack_hi.load(Ordering::Relaxed),
+        );
+        if state == LIVE && slot.tid.load(Ordering::Relaxed) == me {
+            if lo <= caller_sp && caller_sp < hi {
+                // SAFETY: our own live stack, above our entry frame.
+                unsafe { self.marker.scan_range(caller_sp, hi - caller_sp) };
+            } else {
+                // Exiting from an alternate signal stack or a coroutine.
+                self.copied(lo, hi);
             }
-            let (lo, hi) = (
-                slot.stack_lo.load(Ordering::Relaxed),
-                slot.stack_hi.load(Ordering::Relaxed),
-            );
-            self.excluded.push((lo, hi));
-            self.resident(lo, hi);
-            if let Some((tls_size, tcb_size)) = tls {
-                let tp = slot.tp.load(Ordering::Relaxed);
-                self.copied(tls_below(tp, tls_size, tcb_size), tp + tcb_size);
+        } else if state == LIVE && slot.stopped.load(Ordering::Acquire) == stop {
+            let mut regs = [0usize; pt::SAVED_REGS];
+            for (r, saved) in regs.iter_mut().zip(&slot.regs) {
+                *r = saved.load(Ordering::Relaxed);
             }
+            self.marker.scan_words(&regs);
+            let sp = slot.sp.load(Ordering::Relaxed);
+            if lo <= sp && sp < hi {
+                self.copied(sp.saturating_sub(RED_ZONE).max(lo), hi);
+            } else {
+                // On an alternate signal stack or a coroutine stack.
+                self.copied(lo, hi);
+            }
+        } else {
+            self.copied(lo, hi);
         }
-        self.dead_threads();
     }
 
     /// Exited threads: their stacks are excluded (stale frames), their TCBs
