@@ -40,7 +40,7 @@
 //! same mark bits.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::path::PathBuf;
 
 use leakscan_core::control::{BlockInfo, BlockState, Cleared, Reply, Request, Stats, MAX_REQUEST};
@@ -433,22 +433,34 @@ fn socket_path() -> PathBuf {
     writer::report_dir(opts.report_dir.as_deref()).join(format!("{}.sock", sys::getpid()))
 }
 
+/// True while the scanner thread creates its socket: the exit handler
+/// waits for that to finish, so no socket outlives the process.
+static BINDING: AtomicBool = AtomicBool::new(false);
+
 fn bind_socket() -> Option<Listener> {
+    BINDING.store(true, Ordering::SeqCst);
+    if EXITING.load(Ordering::SeqCst) {
+        BINDING.store(false, Ordering::SeqCst);
+        park();
+    }
     let path = socket_path();
     let bound = path
         .parent()
         .map_or(Ok(()), dirs::ensure_private_dir)
         .and_then(|()| Listener::bind(&path));
-    match bound {
-        Ok(l) => {
-            // The exit handler unlinks our socket; if the process started
-            // to exit while we were binding, it may have looked too early.
-            if EXITING.load(Ordering::SeqCst) {
-                drop(l);
-                park();
-            }
-            Some(l)
+    let bound = match bound {
+        // The exit handler removes our socket; if the process started to
+        // exit while we were binding, it may have looked too early.
+        Ok(l) if EXITING.load(Ordering::SeqCst) => {
+            drop(l);
+            BINDING.store(false, Ordering::SeqCst);
+            park();
         }
+        other => other,
+    };
+    BINDING.store(false, Ordering::SeqCst);
+    match bound {
+        Ok(l) => Some(l),
         Err(e) => {
             if options().verbosity >= 1 {
                 sys::write_all(2, format!("leakscan: no control socket: {e}\n").as_bytes());
@@ -554,6 +566,8 @@ pub fn start(_g: &Guard) {
 /// (The parent's listening descriptor stays open but unused here; it is
 /// close-on-exec.)
 pub fn after_fork_in_child(g: &Guard) {
+    // The parent's scanner may have been binding; it does not exist here.
+    BINDING.store(false, Ordering::SeqCst);
     if !EXITING.load(Ordering::Acquire) {
         start(g);
     }
@@ -563,6 +577,13 @@ pub fn after_fork_in_child(g: &Guard) {
 /// removes the socket itself if it was still binding it).
 pub fn shut_down() {
     EXITING.store(true, Ordering::SeqCst);
+    // A bind in progress finishes (and, seeing EXITING, removes its own
+    // socket) before the process goes; bounded, should that thread be
+    // stuck.
+    let deadline = sys::monotonic_ns() + 500_000_000;
+    while BINDING.load(Ordering::SeqCst) && sys::monotonic_ns() < deadline {
+        sys::yield_now();
+    }
     let opts = options();
     if opts.control_socket {
         let path = socket_path();
