@@ -648,6 +648,7 @@ impl<B: Backing> PageMap<B> {
 mod tests {
     use super::*;
     use crate::backing::HeapBacking;
+    use crate::test_rng::Rng;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -838,15 +839,5 @@ mod tests {
         let mut count = 0;
         map.for_each_block(|_| count += 1);
         assert_eq!(count, live);
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
     }
 }

@@ -34,3 +34,5 @@ pub mod options;
 pub mod report;
 pub mod scan;
 pub mod suppress;
+#[cfg(test)]
+mod test_rng;

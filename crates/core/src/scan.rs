@@ -1088,6 +1088,7 @@ pub unsafe fn classify<B: Backing, S: Fn(usize) -> Extent>(
 mod tests {
     use super::*;
     use crate::backing::HeapBacking;
+    use crate::test_rng::Rng;
     use std::collections::BTreeMap;
 
     /// A toy heap of real, 16-aligned memory blocks of `words` words each.
@@ -1258,22 +1259,6 @@ mod tests {
         let leaks = h.check_with(&[], &[young], &[young]);
         assert_eq!(leaks.len(), 3);
         assert_eq!(leaks.get(&old), Some(&false), "old is pointed to by lost");
-    }
-
-    /// A xorshift generator: randomized heaps that a failure can replay.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// What a mark left: the marked blocks and the markers' counters.

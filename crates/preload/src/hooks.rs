@@ -87,16 +87,14 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
         // SAFETY: p is a live glibc block.
         return unsafe { real::free(p as *mut u8) };
     }
-    quarantine::free_section(|defer| {
-        // SAFETY: p was a tracked block, now unlinked and ours to release.
-        unsafe {
-            if defer {
-                quarantine::defer(p as *mut u8);
-            } else {
-                real::free(p as *mut u8);
-            }
+    // SAFETY: p was a tracked block, now unlinked and ours to release.
+    unsafe {
+        if quarantine::deferring() {
+            quarantine::defer(p as *mut u8);
+        } else {
+            real::free(p as *mut u8);
         }
-    })
+    }
 }
 
 /// # Safety
@@ -142,39 +140,38 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return unsafe { real::realloc(p as *mut u8, size) } as *mut c_void;
     }
     // The new block is tracked unless this thread is inside leakscan or
-    // tracking is off; either way the old one leaves through a free section.
+    // tracking is off; either way the old one leaves through the quarantine
+    // check.
     let track = match (Guard::enter_tracking(), with_trailer(size)) {
         (Some(g), Some(total)) => Some((g, total)),
         _ => None,
     };
     let want = track.as_ref().map_or(size, |&(_, total)| total);
-    quarantine::free_section(|defer| {
-        let q = if defer {
-            // A scan may be reading the old block: move, and defer its free.
-            let q = real::malloc(want);
-            if !q.is_null() {
-                // SAFETY: both blocks are live, distinct, and at least this
-                // long; the old one is then ours to defer.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(p as *const u8, q, old.size.min(size));
-                    quarantine::defer(p as *mut u8);
-                }
+    let q = if quarantine::deferring() {
+        // A scan may be reading the old block: move, and defer its free.
+        let q = real::malloc(want);
+        if !q.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least this
+            // long; the old one is then ours to defer.
+            unsafe {
+                core::ptr::copy_nonoverlapping(p as *const u8, q, old.size.min(size));
+                quarantine::defer(p as *mut u8);
             }
-            q
-        } else {
-            // SAFETY: p is a live glibc block.
-            unsafe { real::realloc(p as *mut u8, want) }
-        };
-        if q.is_null() {
-            // The old block is untouched and still ours: track it again.
-            let _ = INDEX.insert(p as usize, old.size);
-            return core::ptr::null_mut();
         }
-        match &track {
-            Some((g, _)) => record(g, q, size),
-            None => q as *mut c_void,
-        }
-    })
+        q
+    } else {
+        // SAFETY: p is a live glibc block.
+        unsafe { real::realloc(p as *mut u8, want) }
+    };
+    if q.is_null() {
+        // The old block is untouched and still ours: track it again.
+        let _ = INDEX.insert(p as usize, old.size);
+        return core::ptr::null_mut();
+    }
+    match &track {
+        Some((g, _)) => record(g, q, size),
+        None => q as *mut c_void,
+    }
 }
 
 /// # Safety

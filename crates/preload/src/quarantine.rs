@@ -48,16 +48,16 @@ static HEAD: AtomicUsize = AtomicUsize::new(0);
 /// Blocks larger than this have their pages discarded when deferred.
 const DISCARD_FROM: usize = 64 * 1024;
 
-/// Blocks and bytes deferred since the last [`begin`]: a scan that lets
-/// the quarantine grow past its budget gives up early (see `over_budget`).
+/// Blocks and bytes deferred since the last [`begin`]: a live scan whose
+/// quarantine outgrows its budget gives up (`check::Mode::Live`).
 static DEFERRED_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 static DEFERRED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// Run `f(defer)` for a block the caller has just unlinked from the index:
-/// `defer` says whether it must go to [`defer`] instead of glibc.
+/// Whether a block the caller has just unlinked from the index must go to
+/// [`defer`] instead of glibc (the SeqCst half of the pairing above).
 #[inline(always)]
-pub fn free_section<R>(f: impl FnOnce(bool) -> R) -> R {
-    f(ACTIVE.load(Ordering::SeqCst))
+pub fn deferring() -> bool {
+    ACTIVE.load(Ordering::SeqCst)
 }
 
 /// Keep `p` (a block already unlinked from the index) until the scan ends.
