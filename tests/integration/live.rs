@@ -568,3 +568,56 @@ fn eight_threads_churning_under_scans_every_100ms() {
     assert_eq!(report.scan.trigger, Trigger::Exit);
     assert_eq!(report.summary.leaked_blocks, 0, "{:?}", report.leaks);
 }
+
+/// The inode of the Unix socket bound at `path`, from /proc/net/unix.
+fn unix_socket_inode(path: &Path) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/unix").expect("read /proc/net/unix");
+    let path = path.to_str()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() >= 8 && fields[7] == path).then(|| fields[6].parse().ok())?
+    })
+}
+
+/// The socket inodes among a process's open descriptors.
+fn socket_inodes_of(pid: u32) -> BTreeSet<u64> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the child's descriptors")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_fork_child_does_not_keep_its_parents_socket() {
+    let dir = workdir("live_fork_child");
+    let binary = build(&Spec::load("live_fork_child.c"), &dir);
+    let reports = dir.join("reports");
+    let mut live = Live::start(
+        &dir,
+        &binary,
+        &[reports.to_str().unwrap()],
+        "scan_interval=0",
+    );
+    live.wait_for_socket();
+    let mut out = BufReader::new(live.child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read the child's pid");
+    let child: u32 = line.trim().parse().expect("the child prints its pid");
+    let parent_socket = unix_socket_inode(&live.socket()).expect("the parent's socket is bound");
+    // The child binds its own socket; it must not hold its parent's.
+    let child_sockets = socket_inodes_of(child);
+    assert!(
+        !child_sockets.contains(&parent_socket),
+        "the fork child holds its parent's listening socket (inode {parent_socket})"
+    );
+    // The parent still answers.
+    let (code, stdout, stderr) = live.leakscan(&["stats", &live.pid().to_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    drop(live.child.stdin.take());
+    let status = live.child.wait().expect("wait for the parent");
+    assert_eq!(status.code(), Some(0));
+}

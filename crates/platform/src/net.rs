@@ -118,6 +118,18 @@ impl Listener {
         &self.path
     }
 
+    /// The listening descriptor (to find it again in a fork child).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// The listener bound at `path` on descriptor `fd` before a fork, as
+    /// the child sees it. Nothing is checked here; [`Self::forget`] closes
+    /// the descriptor only if it is still that socket.
+    pub fn inherited(fd: i32, path: PathBuf) -> Listener {
+        Listener { fd, path }
+    }
+
     /// Whether our descriptor is still our socket: a program that closes
     /// every descriptor (daemons do) may have closed it and reused the
     /// number for one of its own files, which we must never touch.

@@ -40,7 +40,7 @@
 //! same mark bits.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::path::PathBuf;
 
 use leakscan_core::control::{BlockInfo, BlockState, Cleared, Reply, Request, Stats, MAX_REQUEST};
@@ -429,9 +429,19 @@ fn report_reply(outcome: Outcome) -> Reply {
 }
 
 fn socket_path() -> PathBuf {
-    let opts = options();
-    writer::report_dir(opts.report_dir.as_deref()).join(format!("{}.sock", sys::getpid()))
+    socket_path_of(sys::getpid())
 }
+
+fn socket_path_of(pid: i32) -> PathBuf {
+    let opts = options();
+    writer::report_dir(opts.report_dir.as_deref()).join(format!("{pid}.sock"))
+}
+
+/// The listening descriptor and the pid it was bound for, so that a fork
+/// child can close the socket it inherited (it binds its own): a
+/// long-lived child must not hold its parent's socket open.
+static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
+static LISTEN_PID: AtomicI32 = AtomicI32::new(0);
 
 /// True while the scanner thread creates its socket: the exit handler
 /// waits for that to finish, so no socket outlives the process.
@@ -460,7 +470,11 @@ fn bind_socket() -> Option<Listener> {
     };
     BINDING.store(false, Ordering::SeqCst);
     match bound {
-        Ok(l) => Some(l),
+        Ok(l) => {
+            LISTEN_PID.store(sys::getpid(), Ordering::Relaxed);
+            LISTEN_FD.store(l.fd(), Ordering::Release);
+            Some(l)
+        }
         Err(e) => {
             if options().verbosity >= 1 {
                 sys::write_all(2, format!("leakscan: no control socket: {e}\n").as_bytes());
@@ -496,6 +510,7 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
             }
             Some(_) => {
                 // The program closed our descriptor: bind again.
+                LISTEN_FD.store(-1, Ordering::Release);
                 if let Some(l) = listener.take() {
                     l.forget();
                 }
@@ -562,12 +577,17 @@ pub fn start(_g: &Guard) {
     }
 }
 
-/// In a fork child: the parent's scanner is gone; start this process's own.
-/// (The parent's listening descriptor stays open but unused here; it is
-/// close-on-exec.)
+/// In a fork child: the parent's scanner is gone; close the socket it
+/// listened on (only if the descriptor is still that socket) and start
+/// this process's own scanner.
 pub fn after_fork_in_child(g: &Guard) {
     // The parent's scanner may have been binding; it does not exist here.
     BINDING.store(false, Ordering::SeqCst);
+    let fd = LISTEN_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        let path = socket_path_of(LISTEN_PID.load(Ordering::Relaxed));
+        Listener::inherited(fd, path).forget();
+    }
     if !EXITING.load(Ordering::Acquire) {
         start(g);
     }
