@@ -621,3 +621,37 @@ fn a_fork_child_does_not_keep_its_parents_socket() {
     let status = live.child.wait().expect("wait for the parent");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_requested_scan_reports_no_leak_younger_than_min_age() {
+    let dir = workdir("live_min_age");
+    let binary = build(&Spec::load("live_leaker.c"), &dir);
+    // Periodic scans every 200 ms keep the allocation clock ticking and
+    // make its largest gap (the slack a stamp may lag) a scan's length.
+    let mut live = Live::start(&dir, &binary, &[], "scan_interval=0.2:min_age=60");
+    let mut leaker = Leaker::new(&mut live);
+    live.wait_for_socket();
+    let pid = live.pid().to_string();
+    let leaked_at = Instant::now();
+    let lost = leaker.leak(2);
+    // Young: however many scans run, not reported before it is 1.5 s old.
+    loop {
+        let before = leaked_at.elapsed();
+        let (code, out, err) = live.leakscan(&["scan", &pid, "--min-age", "1.5"]);
+        assert_eq!(code, 0, "{err}");
+        let reported = addresses(&parse_report(&out));
+        if before < Duration::from_millis(1500) {
+            assert!(
+                reported.is_empty(),
+                "reported at {before:?}, younger than min_age 1.5 s: {out}"
+            );
+        } else if reported == lost {
+            break;
+        }
+        assert!(
+            leaked_at.elapsed() < Duration::from_secs(8),
+            "a leak older than min_age was never reported: {out}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -17,6 +17,7 @@ use core::sync::atomic::Ordering;
 use leakscan_core::index::InsertError;
 use leakscan_platform::{real, sys};
 
+use crate::clock;
 use crate::guard::Guard;
 use crate::quarantine;
 use crate::stack;
@@ -33,7 +34,7 @@ fn record(g: &Guard, p: *mut u8, size: usize) -> *mut c_void {
         return p as *mut c_void;
     }
     let stack = stack::capture(g);
-    let tick = sys::coarse_ms() as u32;
+    let tick = clock::stamp();
     let generation = SCAN_GEN.load(Ordering::Relaxed) as u16;
     let flags = if g.ignoring_allocations() {
         trailer::NOT_LEAK

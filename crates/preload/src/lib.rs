@@ -34,6 +34,7 @@
 
 mod annotations;
 mod check;
+mod clock;
 mod cxx;
 mod guard;
 mod hooks;

@@ -49,6 +49,7 @@ use leakscan_platform::net::{self, Conn, Listener};
 use leakscan_platform::{dirs, mem, sys, user};
 
 use crate::check::{self, CheckResult, LeakRecord, ScratchVec, EXITING};
+use crate::clock;
 use crate::guard::Guard;
 use crate::quarantine;
 use crate::report;
@@ -173,8 +174,8 @@ impl Scanner {
         }
         let opts = options();
         let budget = MIN_QUARANTINE_BUDGET.max(sys::resident_bytes());
-        let now = sys::coarse_ms() as u32;
-        let young = |t: &Trailer| u64::from(now.wrapping_sub(t.tick)) < min_age_ms;
+        let now = clock::tick();
+        let young = |t: &Trailer| clock::maybe_younger(t.tick, now, min_age_ms);
         let lock = SCAN_LOCK.lock();
         let result = check::run(
             g,
@@ -500,8 +501,11 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
         if EXITING.load(Ordering::Acquire) {
             park();
         }
+        clock::tick();
         let now = sys::monotonic_ns() / 1_000_000;
-        let wait_ms = next_scan.map_or(1000, |t| t.saturating_sub(now).min(1000)) as i32;
+        let wait_ms = next_scan.map_or(clock::TICK_MS, |t| {
+            t.saturating_sub(now).min(clock::TICK_MS)
+        }) as i32;
         match &listener {
             Some(l) if l.is_intact() => {
                 if let Some(conn) = l.accept(wait_ms) {
@@ -547,6 +551,10 @@ pub fn start(_g: &Guard) {
     if opts.scan_interval_ms == 0 && !opts.control_socket {
         return;
     }
+    // Ticking from now on (a fork child's first stamps are the parent's last
+    // tick, which the scanner's first tick accounts for); `stop` below if
+    // no thread starts.
+    clock::tick();
     let mut stack = STACK.load(Ordering::Acquire);
     if stack == 0 {
         match mem::map(STACK_BYTES) {
@@ -554,11 +562,11 @@ pub fn start(_g: &Guard) {
                 stack = p.as_ptr() as usize;
                 STACK.store(stack, Ordering::Release);
             }
-            None => return,
+            None => return clock::stop(),
         }
     }
     let Some(create) = threads::real_create() else {
-        return;
+        return clock::stop();
     };
     // SAFETY: `create` is the real pthread_create; the stack is our own
     // mapping, never unmapped, and no other scanner thread uses it (one per
@@ -572,8 +580,11 @@ pub fn start(_g: &Guard) {
             core::ptr::null_mut(),
         )
     };
-    if !started && options().verbosity >= 1 {
-        sys::write_all(2, b"leakscan: could not start the scanner thread\n");
+    if !started {
+        clock::stop();
+        if options().verbosity >= 1 {
+            sys::write_all(2, b"leakscan: could not start the scanner thread\n");
+        }
     }
 }
 
@@ -597,6 +608,7 @@ pub fn after_fork_in_child(g: &Guard) {
 /// removes the socket itself if it was still binding it).
 pub fn shut_down() {
     EXITING.store(true, Ordering::SeqCst);
+    clock::stop();
     // A bind in progress finishes (and, seeing EXITING, removes its own
     // socket) before the process goes; bounded, should that thread be
     // stuck.
