@@ -190,11 +190,12 @@ extern "C" fn at_exit() {
     checked_report(entry_sp, CheckKind::Exit);
 }
 
-/// Address space a check and its report may need (scratch, symbolization,
-/// the JSON): a program that has filled its address space up to
-/// `RLIMIT_AS`/`RLIMIT_DATA` and then exits gets no check rather than a
-/// check that dies half-way, taking the program's exit status with it.
-const CHECK_HEADROOM: usize = 32 << 20;
+/// Address space a check must be able to get before it starts: a program
+/// that has filled its address space up to `RLIMIT_AS`/`RLIMIT_DATA` and
+/// then exits gets no check (one warning) rather than one that runs out
+/// half-way. (A check that runs out anyway ends incomplete, or finishes
+/// from the own heap's reserve with tracking off; either way no report.)
+const CHECK_HEADROOM: usize = 4 << 20;
 
 fn enough_memory_for_a_check() -> bool {
     match leakscan_platform::mem::map(CHECK_HEADROOM) {
