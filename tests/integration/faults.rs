@@ -554,8 +554,9 @@ fn sigkill_while_rewriting_the_report_leaves_it_whole() {
             .spawn()
             .unwrap();
         // Periodic reports start after two scans; kill somewhere in the
-        // first 1.5 s, while reports of a growing size are being rewritten.
-        let wait = Duration::from_millis(100 + next_random(&mut seed) % 1400);
+        // first 1.8 s, while reports of a growing size (hundreds of KiB)
+        // are rewritten every 20 ms or so.
+        let wait = Duration::from_millis(200 + next_random(&mut seed) % 1600);
         let started = Instant::now();
         while started.elapsed() < wait {
             thread::sleep(Duration::from_millis(5));
@@ -582,7 +583,7 @@ fn sigkill_while_rewriting_the_report_leaves_it_whole() {
     );
     // The test must have killed processes that were writing reports.
     assert!(
-        with_report >= rounds / 2,
+        with_report >= rounds / 3,
         "only {with_report} of {rounds} runs had written a report before the kill"
     );
 }
