@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use leakscan_core::report::Report;
 
 use crate::harness::{
-    agent_library, bare, build, find_program, leakscan, run, workdir, Run, Spec,
-    FIXTURE_TIME_LIMIT,
+    agent_library, bare, build, find_program, leakscan, run, workdir, Run, Spec, FIXTURE_TIME_LIMIT,
 };
 
 /// `binary args` with the agent preloaded and `options`.
@@ -75,11 +74,18 @@ fn same_as_bare(test: &str, fixture: &str, args: &[&str]) -> (String, Run) {
     );
     let out = dir.join("report.json");
     let mut cmd = leakscan();
-    cmd.args(["run", "--format", "json", "--error-exitcode", "0", "--output"])
-        .arg(&out)
-        .arg("--")
-        .arg(&binary)
-        .args(args);
+    cmd.args([
+        "run",
+        "--format",
+        "json",
+        "--error-exitcode",
+        "0",
+        "--output",
+    ])
+    .arg(&out)
+    .arg("--")
+    .arg(&binary)
+    .args(args);
     let traced = run(&mut cmd, &dir, "leakscan", FIXTURE_TIME_LIMIT);
     let text = |r: &Run| String::from_utf8_lossy(&r.stdout).into_owned();
     for (label, r) in [("preloaded", &agent), ("leakscan run", &traced)] {
@@ -155,11 +161,7 @@ fn operator_new_failures_look_the_same_under_leakscan() {
             "done",
         ],
     );
-    assert!(
-        leakscan_lines(&agent.stderr).is_empty(),
-        "{}",
-        agent.stderr
-    );
+    assert!(leakscan_lines(&agent.stderr).is_empty(), "{}", agent.stderr);
     no_leaks_reported("faults_new");
 }
 
@@ -191,7 +193,10 @@ fn index_out_of_memory_switches_tracking_off_once() {
         .into_iter()
         .filter(|n| n.ends_with(".json"))
         .collect();
-    assert!(json.is_empty(), "a report after tracking went off: {json:?}");
+    assert!(
+        json.is_empty(),
+        "a report after tracking went off: {json:?}"
+    );
     assert!(!dir.join("report.json").exists());
     let traced = fs::read_to_string(dir.join("leakscan.stderr")).unwrap();
     one_tracking_off_warning(&traced, "out of memory for the block index");
@@ -205,8 +210,8 @@ fn index_out_of_memory_switches_tracking_off_once() {
     let text = run(&mut cmd, &dir, "leakscan-text", FIXTURE_TIME_LIMIT);
     assert_eq!(text.code, 0, "{}", text.stderr);
     assert!(
-        text.stderr
-            .contains("no report from") && text.stderr.contains("leak tracking was switched off"),
+        text.stderr.contains("no report from")
+            && text.stderr.contains("leak tracking was switched off"),
         "{}",
         text.stderr
     );
@@ -386,7 +391,12 @@ fn a_full_disk_is_one_line_no_half_report_and_no_sigxfsz() {
         }
         wrapped
     };
-    let plain = run(&mut limited(&mut bare(&binary)), &dir, "bare", FIXTURE_TIME_LIMIT);
+    let plain = run(
+        &mut limited(&mut bare(&binary)),
+        &dir,
+        "bare",
+        FIXTURE_TIME_LIMIT,
+    );
     assert_eq!(plain.code, 0, "{}", plain.stderr);
     let options = format!("report_dir={}", reports.display());
     let agent = run(
@@ -569,7 +579,8 @@ fn sigkill_while_rewriting_the_report_leaves_it_whole() {
         // `leakscan report` over the directory shows the whole reports and
         // skips the temporaries.
         let mut cmd = leakscan();
-        cmd.args(["report", "--format", "json", "--dir"]).arg(&reports);
+        cmd.args(["report", "--format", "json", "--dir"])
+            .arg(&reports);
         let listed = run(&mut cmd, &dir, "report", FIXTURE_TIME_LIMIT);
         assert_eq!(listed.code, 0, "{}", listed.stderr);
         assert!(listed.stderr.is_empty(), "{}", listed.stderr);

@@ -105,7 +105,10 @@ fn run_secret(test: &str) -> SecretRun {
 
     let ask = |args: &[&str]| {
         let out = leakscan()
-            .env("LEAKSCAN_OPTIONS", format!("report_dir={}", reports.display()))
+            .env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}", reports.display()),
+            )
             .args(args)
             .output()
             .unwrap();
@@ -114,8 +117,7 @@ fn run_secret(test: &str) -> SecretRun {
             "leakscan {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let pid_arg = pid.to_string();
     let mut outputs = vec![
@@ -133,7 +135,10 @@ fn run_secret(test: &str) -> SecretRun {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let exit_report = report;
-    for (what, format) in [("report --format text", "text"), ("report --format sarif", "sarif")] {
+    for (what, format) in [
+        ("report --format text", "text"),
+        ("report --format sarif", "sarif"),
+    ] {
         let text = ask(&["report", "--format", format, exit_report.to_str().unwrap()]);
         outputs.push((what.to_string(), text));
     }
@@ -175,7 +180,10 @@ fn reports_directories_and_sockets_are_private_even_under_umask_000() {
         .args(["run", "--format", "json", "--error-exitcode", "0", "--"])
         .arg(&binary)
         .env_remove("LD_PRELOAD")
-        .env("LEAKSCAN_OPTIONS", format!("report_dir={}", reports.display()))
+        .env(
+            "LEAKSCAN_OPTIONS",
+            format!("report_dir={}", reports.display()),
+        )
         .stdin(Stdio::null());
     // EOF on stdin: the fixture exits 1 at once (after leaking).
     let traced = run(&mut cmd, &run_.dir, "leakscan-run", FIXTURE_TIME_LIMIT);
@@ -233,11 +241,16 @@ struct TrustedCopy {
 impl TrustedCopy {
     fn install(name: &str) -> TrustedCopy {
         // The directory that holds libc is one the loader trusts.
-        let dir = ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64"]
-            .iter()
-            .map(Path::new)
-            .find(|d| d.join("libc.so.6").exists())
-            .expect("a system library directory with libc.so.6");
+        let dir = [
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/lib64",
+        ]
+        .iter()
+        .map(Path::new)
+        .find(|d| d.join("libc.so.6").exists())
+        .expect("a system library directory with libc.so.6");
         let path = dir.join(name);
         fs::copy(agent_library(), &path).unwrap();
         let copy = TrustedCopy { path };
@@ -255,7 +268,9 @@ impl Drop for TrustedCopy {
 #[test]
 fn setuid_programs_are_left_alone() {
     if leakscan_platform::user::uid() != 0 {
-        eprintln!("setuid_programs_are_left_alone: NOT RUN (needs root to install a setuid program)");
+        eprintln!(
+            "setuid_programs_are_left_alone: NOT RUN (needs root to install a setuid program)"
+        );
         return;
     }
     let dir = workdir("security_setuid");
@@ -290,7 +305,11 @@ fn setuid_programs_are_left_alone() {
             ],
         );
         let r = run(&mut cmd, &dir, label, FIXTURE_TIME_LIMIT);
-        (r.code, String::from_utf8_lossy(&r.stdout).into_owned(), r.stderr)
+        (
+            r.code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            r.stderr,
+        )
     };
 
     // Control: the same program without the setuid bit is checked as
@@ -298,7 +317,8 @@ fn setuid_programs_are_left_alone() {
     let (code, out, err) = preloaded(&plain, "plain");
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("euid=65534 libleakscan mapped=yes threads=") && !out.contains("threads=1\n"),
+        out.starts_with("euid=65534 libleakscan mapped=yes threads=")
+            && !out.contains("threads=1\n"),
         "{out}"
     );
     assert!(err.contains("leakscan: 1 leaked blocks"), "{err}");

@@ -108,7 +108,10 @@ impl PrivateDir {
             // ELOOP / ENOTDIR: a symlink or a file; say which, as the
             // path-based check does.
             check_private_dir(dir, user::uid())?;
-            return Err(format!("cannot open report directory {}: {e}", dir.display()));
+            return Err(format!(
+                "cannot open report directory {}: {e}",
+                dir.display()
+            ));
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
@@ -159,8 +162,7 @@ impl PrivateDir {
             .and_then(|()| {
                 // SAFETY: both names are NUL-terminated and relative to our
                 // open directory.
-                let rc =
-                    unsafe { libc::renameat(dirfd, ctmp.as_ptr(), dirfd, cname.as_ptr()) };
+                let rc = unsafe { libc::renameat(dirfd, ctmp.as_ptr(), dirfd, cname.as_ptr()) };
                 if rc == 0 {
                     Ok(())
                 } else {
