@@ -196,7 +196,8 @@ fn no_report_reason(status: ProgramStatus) -> String {
             format!("it was killed by signal {sig} before the exit check could run")
         }
         ProgramStatus::Exited(_) => "it exited via _exit or exec'd a static or setuid binary, \
-             which LD_PRELOAD cannot reach, or leak_check_at_exit=0"
+             which LD_PRELOAD cannot reach, or leak_check_at_exit=0, or leak tracking \
+             was switched off (see leakscan's warning above)"
             .to_string(),
     }
 }

@@ -20,6 +20,7 @@
 mod agent;
 mod baseline;
 mod cli;
+mod faults;
 mod fixtures;
 mod golden;
 mod harness;
@@ -27,5 +28,6 @@ mod live;
 mod programs;
 mod report;
 mod sarif;
+mod security;
 mod suppressions;
 mod symbolize;

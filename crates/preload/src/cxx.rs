@@ -15,7 +15,11 @@
 //! them to the caller), call the Rust allocator, and on failure *tail-jump*
 //! to libstdc++'s own operator (found with `dlsym(RTLD_NEXT)` at start-up),
 //! which retries `malloc`, runs the handler and throws from its own frame.
-//! The `nothrow` forms just return NULL on failure and are plain Rust.
+//! The `nothrow` forms must run the `new_handler` loop too (a handler may
+//! free a reserve, and then the retry succeeds; the standard defines them as
+//! "call the throwing operator, NULL if it throws"): on failure they hand
+//! over to libstdc++'s own nothrow operator, which is `noexcept` (it catches
+//! inside), so they can be plain Rust calls.
 
 // The exported names are the Itanium C++ ABI's mangled operator names.
 #![allow(non_snake_case)]
@@ -33,6 +37,11 @@ static NEXT_NEW: AtomicUsize = AtomicUsize::new(0);
 static NEXT_NEW_ARRAY: AtomicUsize = AtomicUsize::new(0);
 static NEXT_NEW_ALIGNED: AtomicUsize = AtomicUsize::new(0);
 static NEXT_NEW_ARRAY_ALIGNED: AtomicUsize = AtomicUsize::new(0);
+/// libstdc++'s nothrow operators, called when we return NULL.
+static NEXT_NEW_NOTHROW: AtomicUsize = AtomicUsize::new(0);
+static NEXT_NEW_ARRAY_NOTHROW: AtomicUsize = AtomicUsize::new(0);
+static NEXT_NEW_ALIGNED_NOTHROW: AtomicUsize = AtomicUsize::new(0);
+static NEXT_NEW_ARRAY_ALIGNED_NOTHROW: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolve the next definitions of the throwing operators (guarded: dlsym
 /// allocates). Absent when the program does not use libstdc++.
@@ -44,6 +53,16 @@ pub fn init(_g: &Guard) {
     next(c"_Znam", &NEXT_NEW_ARRAY);
     next(c"_ZnwmSt11align_val_t", &NEXT_NEW_ALIGNED);
     next(c"_ZnamSt11align_val_t", &NEXT_NEW_ARRAY_ALIGNED);
+    next(c"_ZnwmRKSt9nothrow_t", &NEXT_NEW_NOTHROW);
+    next(c"_ZnamRKSt9nothrow_t", &NEXT_NEW_ARRAY_NOTHROW);
+    next(
+        c"_ZnwmSt11align_val_tRKSt9nothrow_t",
+        &NEXT_NEW_ALIGNED_NOTHROW,
+    );
+    next(
+        c"_ZnamSt11align_val_tRKSt9nothrow_t",
+        &NEXT_NEW_ARRAY_ALIGNED_NOTHROW,
+    );
 }
 
 /// Allocation for a throwing `new`: NULL hands over to libstdc++'s operator.
@@ -107,34 +126,61 @@ throwing_new!(_Znam, NEXT_NEW_ARRAY, new_impl, "rsi", (size: usize));
 throwing_new!(_ZnwmSt11align_val_t, NEXT_NEW_ALIGNED, new_aligned_impl, "rdx", (size: usize, align: usize));
 throwing_new!(_ZnamSt11align_val_t, NEXT_NEW_ARRAY_ALIGNED, new_aligned_impl, "rdx", (size: usize, align: usize));
 
-/// Define `nothrow` operators new (plain Rust: NULL is a valid answer).
+type NothrowNew = unsafe extern "C" fn(usize, *const c_void) -> *mut c_void;
+type NothrowNewAligned = unsafe extern "C" fn(usize, usize, *const c_void) -> *mut c_void;
+
+/// Define `nothrow` operators new: ours, then on failure libstdc++'s, which
+/// runs the `new_handler` loop and returns NULL when that gives up.
 macro_rules! nothrow_new {
-    ($($name:ident),*) => {$(
+    ($($name:ident, $next:ident);*) => {$(
         /// # Safety
         /// The C++ `operator new(size_t, const std::nothrow_t&)` contract.
         #[cfg_attr(not(test), no_mangle)]
-        pub unsafe extern "C" fn $name(size: usize, _nothrow: *const c_void) -> *mut c_void {
+        pub unsafe extern "C" fn $name(size: usize, nothrow: *const c_void) -> *mut c_void {
             // SAFETY: the C malloc contract holds for any size.
-            unsafe { hooks::malloc(size) }
+            let p = unsafe { hooks::malloc(size) };
+            match $next.load(Ordering::Acquire) {
+                0 => p,
+                _ if !p.is_null() => p,
+                next => {
+                    // SAFETY: `next` is libstdc++'s definition of this very
+                    // operator (same signature), found by dlsym at start-up;
+                    // it is noexcept, so nothing unwinds through this frame.
+                    let next: NothrowNew = unsafe { core::mem::transmute(next) };
+                    // SAFETY: forwarded contract.
+                    unsafe { next(size, nothrow) }
+                }
+            }
         }
     )*};
 }
-nothrow_new!(_ZnwmRKSt9nothrow_t, _ZnamRKSt9nothrow_t);
+nothrow_new!(_ZnwmRKSt9nothrow_t, NEXT_NEW_NOTHROW; _ZnamRKSt9nothrow_t, NEXT_NEW_ARRAY_NOTHROW);
 
 macro_rules! nothrow_new_aligned {
-    ($($name:ident),*) => {$(
+    ($($name:ident, $next:ident);*) => {$(
         /// # Safety
         /// The C++ aligned nothrow `operator new` contract.
         #[cfg_attr(not(test), no_mangle)]
-        pub unsafe extern "C" fn $name(size: usize, align: usize, _nothrow: *const c_void) -> *mut c_void {
+        pub unsafe extern "C" fn $name(size: usize, align: usize, nothrow: *const c_void) -> *mut c_void {
             // SAFETY: memalign accepts any alignment and size.
-            unsafe { hooks::memalign(align, size) }
+            let p = unsafe { hooks::memalign(align, size) };
+            match $next.load(Ordering::Acquire) {
+                0 => p,
+                _ if !p.is_null() => p,
+                next => {
+                    // SAFETY: as in `nothrow_new`: libstdc++'s own,
+                    // noexcept definition of this operator.
+                    let next: NothrowNewAligned = unsafe { core::mem::transmute(next) };
+                    // SAFETY: forwarded contract.
+                    unsafe { next(size, align, nothrow) }
+                }
+            }
         }
     )*};
 }
 nothrow_new_aligned!(
-    _ZnwmSt11align_val_tRKSt9nothrow_t,
-    _ZnamSt11align_val_tRKSt9nothrow_t
+    _ZnwmSt11align_val_tRKSt9nothrow_t, NEXT_NEW_ALIGNED_NOTHROW;
+    _ZnamSt11align_val_tRKSt9nothrow_t, NEXT_NEW_ARRAY_ALIGNED_NOTHROW
 );
 
 /// Define every `operator delete` form: all of them are `free(p)` (sizes,

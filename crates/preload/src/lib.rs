@@ -132,6 +132,7 @@ extern "C" fn init() {
         );
         return;
     }
+    own_heap::init_reserve();
     threads::init(&g);
     cxx::init(&g);
     state::CURBRK.store(
@@ -190,6 +191,24 @@ extern "C" fn at_exit() {
     checked_report(entry_sp, CheckKind::Exit);
 }
 
+/// Address space a check must be able to get before it starts: a program
+/// that has filled its address space up to `RLIMIT_AS`/`RLIMIT_DATA` and
+/// then exits gets no check (one warning) rather than one that runs out
+/// half-way. (A check that runs out anyway ends incomplete, or finishes
+/// from the own heap's reserve with tracking off; either way no report.)
+const CHECK_HEADROOM: usize = 4 << 20;
+
+fn enough_memory_for_a_check() -> bool {
+    match leakscan_platform::mem::map(CHECK_HEADROOM) {
+        Some(p) => {
+            // SAFETY: the mapping just made, never used.
+            unsafe { leakscan_platform::mem::unmap(p.as_ptr(), CHECK_HEADROOM) };
+            true
+        }
+        None => false,
+    }
+}
+
 /// Run an exact check from a program thread, write the report and say so
 /// on stderr; apply `exitcode` for the exit and final checks. Returns the
 /// number of leaked blocks found.
@@ -201,6 +220,10 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
         CheckKind::Final | CheckKind::Recoverable => true,
     };
     if !wanted || !ENABLED.load(Ordering::Acquire) {
+        return 0;
+    }
+    if !enough_memory_for_a_check() {
+        state::disable_tracking("too little memory left for the leak check");
         return 0;
     }
     let exiting = kind == CheckKind::Exit;
@@ -221,6 +244,12 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
             2,
             b"leakscan: the leak check ran out of memory; no report written\n",
         );
+        return 0;
+    }
+    if !ENABLED.load(Ordering::Acquire) {
+        // Tracking went off while the check ran (its warning is out): blocks
+        // allocated since were neither tracked nor scanned, so a report
+        // could name a block as leaked that one of them still points to.
         return 0;
     }
     // `__lsan_do_leak_check` is the end-of-process check, run early.

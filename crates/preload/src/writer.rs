@@ -2,10 +2,10 @@
 //! then rename, so a reader (or a crash mid-write) never sees half a report.
 //! The directory is created 0700 and files are 0600: reports describe the
 //! program's memory layout and stacks, which are nobody else's business.
+//! The directory is opened without following symlinks and checked on the
+//! open descriptor (`platform::dirs::PrivateDir`), and the files are made
+//! relative to it with O_EXCL|O_NOFOLLOW.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use leakscan_core::options::default_report_dir;
@@ -24,23 +24,5 @@ pub fn report_dir(configured: Option<&str>) -> PathBuf {
 
 /// Write `json` as `<dir>/<pid>.json`, atomically. Returns the path.
 pub fn write_report(dir: &Path, pid: u32, json: &str) -> Result<PathBuf, String> {
-    dirs::ensure_private_dir(dir)?;
-    let target = dir.join(format!("{pid}.json"));
-    let tmp = dir.join(format!(".{pid}.json.{}.tmp", sys::monotonic_ns()));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(sys::O_NOFOLLOW | sys::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(json.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write report {}: {e}", target.display())
-    })?;
-    Ok(target)
+    dirs::PrivateDir::open(dir)?.write_atomically(&format!("{pid}.json"), json.as_bytes())
 }
