@@ -16,11 +16,6 @@ use leakscan_core::suppress::ParseError;
 pub enum Error {
     /// Bad command line, already reduced to one line.
     Usage(String),
-    /// An environment variable leakscan reads is unusable.
-    Env {
-        var: &'static str,
-        reason: String,
-    },
     /// Where to look for libleakscan.so could not be decided.
     CurrentExe(io::Error),
     /// libleakscan.so is not where it should be.
@@ -89,7 +84,6 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => f.write_str(msg),
-            Error::Env { var, reason } => write!(f, "{var}: {reason}"),
             Error::CurrentExe(e) => write!(
                 f,
                 "cannot locate the leakscan executable to find libleakscan.so beside it \

@@ -8,6 +8,7 @@
 mod args;
 mod elf;
 mod error;
+mod input;
 mod live;
 mod output;
 mod render;

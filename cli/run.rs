@@ -60,6 +60,9 @@ pub fn exit_code(status: ProgramStatus, leaked: bool, error_exitcode: u8) -> u8 
 }
 
 pub fn run(s: &RunSettings) -> Result<u8, Error> {
+    if let Some(warning) = &s.option_warning {
+        eprintln!("leakscan: {warning}");
+    }
     // 0. A program the agent can never reach gets an error, not a silent
     //    "no report" that CI would read as "no leaks".
     if elf::program_linkage(Path::new(&s.program)) == elf::Linkage::Static {
