@@ -172,6 +172,21 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// `text` on one line: control characters (a newline in a file name, an
+/// escape sequence) written as escapes, so that every message leakscan
+/// prints is one line, as promised, whatever the names it quotes.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// An I/O error as people read it: "No such file or directory", without
 /// Rust's " (os error 2)" tail.
 pub fn os(e: &io::Error) -> String {
@@ -198,5 +213,10 @@ mod tests {
         );
         let e = Error::ProgramNotFound("nope".into());
         assert_eq!(e.to_string(), "nope: command not found");
+        // A newline in a file name stays inside the one line.
+        assert_eq!(
+            one_line("cannot read a\nb\u{1b}[2J: x"),
+            "cannot read a\\nb\\u{1b}[2J: x"
+        );
     }
 }

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match dispatch(low) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("leakscan: {e}");
+            eprintln!("leakscan: {}", error::one_line(&e.to_string()));
             ExitCode::from(2)
         }
     }

@@ -23,6 +23,7 @@ mod cli;
 mod fixtures;
 mod golden;
 mod harness;
+mod hostile;
 mod live;
 mod programs;
 mod report;
