@@ -124,7 +124,7 @@ fn load_dir(dir: &Path, explicit: bool) -> Result<Loaded, Error> {
     for (_, _, path) in files {
         match input::read_document(Some(&path), &path) {
             // A directory holds single reports, never sets.
-            Ok(Document::One(report)) => loaded.reports.push(report),
+            Ok(Document::One(report)) => loaded.reports.push(*report),
             Ok(Document::Set(_)) => loaded.skipped.push(format!(
                 "skipping report {}: a report set, not one process's report",
                 path.display()

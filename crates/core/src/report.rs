@@ -382,7 +382,7 @@ fn versioned(value: serde_json::Value) -> Result<serde_json::Value, ReportError>
 /// What a report file holds: one report, or a [`ReportSet`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
-    One(Report),
+    One(Box<Report>),
     Set(Vec<Report>),
 }
 
@@ -406,13 +406,13 @@ impl Document {
             let set: ReportSet = serde_json::from_value(value)?;
             Ok(Document::Set(set.reports))
         } else {
-            Ok(Document::One(serde_json::from_value(value)?))
+            Ok(Document::One(Box::new(serde_json::from_value(value)?)))
         }
     }
 
     pub fn into_reports(self) -> Vec<Report> {
         match self {
-            Document::One(r) => vec![r],
+            Document::One(r) => vec![*r],
             Document::Set(reports) => reports,
         }
     }
