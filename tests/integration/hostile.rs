@@ -802,6 +802,12 @@ fn request(socket: &Path, bytes: &[u8]) -> String {
     out
 }
 
+/// The `i`th leaked block's address plus `offset`, as text.
+fn leaked_addr(leaked: &[String], i: usize, offset: usize) -> String {
+    let a = u64::from_str_radix(leaked[i].trim_start_matches("0x"), 16).unwrap();
+    format!("{:#x}", a + offset as u64)
+}
+
 /// A request as a broken or hostile client sends it.
 fn hostile_request(rng: &mut Rng) -> Vec<u8> {
     const WORDS: &[&[u8]] = &[
@@ -867,17 +873,14 @@ fn a_barrage_of_control_requests_leaves_the_process_unharmed() {
     let started = Instant::now();
     let sock = leaker.socket.clone();
     // Four clients at once, each a stream of random requests.
-    let cases: Vec<u64> = fuzz_cases(400).collect();
-    let chunks: Vec<Vec<u64>> = cases
-        .chunks(cases.len().div_ceil(4).max(1))
-        .map(<[u64]>::to_vec)
-        .collect();
-    let workers: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
+    const CLIENTS: u64 = 4;
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|client| {
             let sock = sock.clone();
             thread::spawn(move || {
-                for case in chunk {
+                let mut sent = 0;
+                for case in fuzz_cases(1000).filter(|c| c % CLIENTS == client) {
+                    sent += 1;
                     let mut rng = Rng::for_case(seed, case);
                     let bytes = hostile_request(&mut rng);
                     let what = format!(
@@ -896,6 +899,7 @@ fn a_barrage_of_control_requests_leaves_the_process_unharmed() {
                         "{what}"
                     );
                 }
+                sent
             })
         })
         .collect();
@@ -914,10 +918,63 @@ fn a_barrage_of_control_requests_leaves_the_process_unharmed() {
             }
         }
     }
-    for w in workers {
-        w.join().unwrap();
+    let sent: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    eprintln!("{sent} requests in {:?}", started.elapsed());
+
+    // A client that sends far too much still reads the error reply and a
+    // clean end of file (no connection reset).
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&vec![b'x'; 100_000]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("the reply to a long request ended with {e}: {reply:?}"));
+    assert!(reply.contains("too long"), "{reply}");
+
+    // The CLI's own commands with random arguments: an answer, or one line.
+    let pid = leaker.child.id().to_string();
+    let reports = dir.join("reports");
+    for case in fuzz_cases(40) {
+        let mut rng = Rng::for_case(seed ^ 0xc11, case);
+        let addr = match rng.below(4) {
+            0 => format!("{:#x}", rng.next()),
+            1 => rng.next().to_string(),
+            2 => leaked_addr(&leaked, rng.below(leaked.len()), rng.below(400)),
+            _ => [
+                "0",
+                "-1",
+                "0x",
+                "0xffff800000000000",
+                "1e3",
+                "0x1ffffffffffffffff",
+            ][rng.below(6)]
+            .to_string(),
+        };
+        let min_age = ["0", "0.5", "-1", "NaN", "1e400", "x", "31536001"][rng.below(7)];
+        for args in [
+            vec!["dump", pid.as_str(), addr.as_str()],
+            vec!["scan", pid.as_str(), "--min-age", min_age],
+        ] {
+            let what = format!("seed {seed:#x} case {case}: leakscan {args:?}");
+            let mut cmd = leakscan();
+            cmd.env(
+                "LEAKSCAN_OPTIONS",
+                format!("report_dir={}", reports.display()),
+            )
+            .args(&args);
+            let out = run_bounded(&mut cmd, None, LIMIT, &what);
+            assert_no_crash(&out, &what);
+            match out.code {
+                0 => assert!(
+                    serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(),
+                    "{what}"
+                ),
+                2 => assert_eq!(out.stderr.lines().count(), 1, "{what}: {}", out.stderr),
+                code => panic!("{what}: exit {code}: {}", out.stderr),
+            }
+        }
     }
-    eprintln!("{} requests in {:?}", cases.len(), started.elapsed());
 
     // Still answering, with the same heap.
     let ping: Reply = serde_json::from_str(request(&sock, b"ping\n").trim()).unwrap();
