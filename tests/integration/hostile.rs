@@ -622,7 +622,8 @@ fn randomized_leakscan_options_leave_the_program_alone() {
     let binary = build(&Spec::load("direct_leak.c"), &dir);
     let reports = dir.join("reports");
     let plain = run_bounded(&mut bare(&binary), None, LIMIT, "bare");
-    let fixed = format!("report_dir={}:verbosity=0:", reports.display());
+    // symbolize=0: no debug info read at each exit, 5 times faster.
+    let fixed = format!("report_dir={}:verbosity=0:symbolize=0:", reports.display());
     let seed = seed_from_env(0x0b7_1025);
     let mut tried = 0;
     for case in fuzz_cases(150) {
