@@ -237,7 +237,7 @@ pub fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
         }
         _ => {
-            eprintln!("leakscan: {}", one_line(&e));
+            eprintln!("leakscan: {}", crate::error::one_line(&one_line(&e)));
             ExitCode::from(2)
         }
     }

@@ -16,11 +16,6 @@ use leakscan_core::suppress::ParseError;
 pub enum Error {
     /// Bad command line, already reduced to one line.
     Usage(String),
-    /// An environment variable leakscan reads is unusable.
-    Env {
-        var: &'static str,
-        reason: String,
-    },
     /// Where to look for libleakscan.so could not be decided.
     CurrentExe(io::Error),
     /// libleakscan.so is not where it should be.
@@ -89,7 +84,6 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => f.write_str(msg),
-            Error::Env { var, reason } => write!(f, "{var}: {reason}"),
             Error::CurrentExe(e) => write!(
                 f,
                 "cannot locate the leakscan executable to find libleakscan.so beside it \
@@ -178,6 +172,21 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// `text` on one line: control characters (a newline in a file name, an
+/// escape sequence) written as escapes, so that every message leakscan
+/// prints is one line, as promised, whatever the names it quotes.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// An I/O error as people read it: "No such file or directory", without
 /// Rust's " (os error 2)" tail.
 pub fn os(e: &io::Error) -> String {
@@ -204,5 +213,10 @@ mod tests {
         );
         let e = Error::ProgramNotFound("nope".into());
         assert_eq!(e.to_string(), "nope: command not found");
+        // A newline in a file name stays inside the one line.
+        assert_eq!(
+            one_line("cannot read a\nb\u{1b}[2J: x"),
+            "cannot read a\\nb\\u{1b}[2J: x"
+        );
     }
 }

@@ -8,6 +8,7 @@
 mod args;
 mod elf;
 mod error;
+mod input;
 mod live;
 mod output;
 mod render;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     match dispatch(low) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("leakscan: {e}");
+            eprintln!("leakscan: {}", error::one_line(&e.to_string()));
             ExitCode::from(2)
         }
     }

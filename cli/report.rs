@@ -17,7 +17,7 @@ use crate::view::{self, View};
 pub fn run(s: &ReportSettings) -> Result<u8, Error> {
     let loaded = source::load(&s.source)?;
     for line in &loaded.skipped {
-        eprintln!("leakscan: {line}");
+        eprintln!("leakscan: {}", crate::error::one_line(line));
     }
     let mut reports = loaded.reports;
     apply_view(&s.view, &mut reports);
@@ -39,7 +39,7 @@ pub fn apply_view(view: &View, reports: &mut [Report]) {
     }
     if let Some(symbolizer) = &mut symbolizer {
         for warning in symbolizer.take_warnings() {
-            eprintln!("leakscan: warning: {warning}");
+            eprintln!("leakscan: warning: {}", crate::error::one_line(&warning));
         }
     }
 }

@@ -60,6 +60,9 @@ pub fn exit_code(status: ProgramStatus, leaked: bool, error_exitcode: u8) -> u8 
 }
 
 pub fn run(s: &RunSettings) -> Result<u8, Error> {
+    if let Some(warning) = &s.option_warning {
+        eprintln!("leakscan: {warning}");
+    }
     // 0. A program the agent can never reach gets an error, not a silent
     //    "no report" that CI would read as "no leaks".
     if elf::program_linkage(Path::new(&s.program)) == elf::Linkage::Static {
@@ -81,12 +84,12 @@ pub fn run(s: &RunSettings) -> Result<u8, Error> {
     // 3. Its reports.
     let collected = reportdir::collect(&run_dir, &s.report_dir);
     for warning in &collected.warnings {
-        eprintln!("leakscan: warning: {warning}");
+        eprintln!("leakscan: warning: {}", crate::error::one_line(warning));
     }
     let merged = merge(pid, collected.reports, &s.program, &s.args);
 
     // 4. Tell.
-    let program = s.program.to_string_lossy();
+    let program = crate::error::one_line(&s.program.to_string_lossy());
     if let ProgramStatus::Signaled(sig) = status {
         let name = signal_name(sig)
             .map(|n| format!(" ({n})"))

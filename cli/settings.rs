@@ -6,9 +6,10 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use leakscan_core::options::Options;
+use leakscan_core::options::{self, Options};
 use leakscan_core::suppress::Suppressions;
 
 use crate::args::{ColorChoice, Format, ReportArgs, RunArgs};
@@ -45,15 +46,17 @@ impl Env {
         }
     }
 
-    /// LEAKSCAN_OPTIONS as text: the agent reads it as text, and leakscan
-    /// appends to it.
-    fn options_text(&self) -> Result<Option<String>, Error> {
+    /// The good items of LEAKSCAN_OPTIONS, written back as one value, and
+    /// the warning line for the bad ones, if any. Bad items (not UTF-8, an
+    /// unclosed quote, an unknown key, a bad value) are ignored here as the
+    /// agent ignores them, so both agree on `report_dir`.
+    fn options_text(&self) -> (Option<String>, Option<String>) {
         match &self.leakscan_options {
-            None => Ok(None),
-            Some(v) => v.to_str().map(|s| Some(s.to_string())).ok_or(Error::Env {
-                var: "LEAKSCAN_OPTIONS",
-                reason: "not valid UTF-8".into(),
-            }),
+            None => (None, None),
+            Some(v) => {
+                let (text, errors) = Options::sanitize(v.as_bytes());
+                (Some(text), options::warning(&errors))
+            }
         }
     }
 }
@@ -72,8 +75,13 @@ pub struct RunSettings {
     pub library: PathBuf,
     /// LD_PRELOAD as inherited, to keep after the library.
     pub ld_preload: Option<OsString>,
-    /// LEAKSCAN_OPTIONS as inherited, to append the run's own items to.
+    /// The good items of LEAKSCAN_OPTIONS as inherited, to append the
+    /// run's own items to.
     pub leakscan_options: Option<String>,
+    /// The one warning line for its bad items, printed by `run` (which
+    /// passes only the good ones on, so the agent in each process does
+    /// not warn again).
+    pub option_warning: Option<String>,
     pub report_dir: PathBuf,
     /// LEAKSCAN_OPTIONS items from the run's own flags.
     pub agent_options: Vec<String>,
@@ -93,7 +101,7 @@ impl RunSettings {
         destination.check()?;
         let current_exe = std::env::current_exe();
         let library = find_library(env.leakscan_lib.as_deref(), current_exe)?;
-        let leakscan_options = env.options_text()?;
+        let (leakscan_options, option_warning) = env.options_text();
         check_option_suppressions(leakscan_options.as_deref())?;
         let view = View::new(args.view)?;
         let report_dir = reportdir::resolve(
@@ -111,6 +119,7 @@ impl RunSettings {
             library,
             ld_preload: env.ld_preload.clone(),
             leakscan_options,
+            option_warning,
             report_dir,
             agent_options: [
                 ("scan_interval", args.scan_interval),
@@ -126,7 +135,7 @@ impl RunSettings {
 
 /// The report directory for commands that talk to running processes.
 pub fn live_report_dir(env: &Env) -> Result<PathBuf, Error> {
-    let options = env.options_text()?;
+    let (options, _) = env.options_text();
     Ok(reportdir::resolve(
         options.as_deref(),
         env.xdg_runtime_dir.as_deref().and_then(|s| s.to_str()),
@@ -141,8 +150,17 @@ fn check_option_suppressions(leakscan_options: Option<&str>) -> Result<(), Error
     let Some(path) = options.suppressions else {
         return Ok(());
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::OptionSuppressions(format!("suppressions={path}: {}", crate::error::os(&e)))
+    let text = crate::input::read_text(
+        Path::new(&path),
+        "suppression file",
+        crate::input::MAX_SUPPRESSIONS_BYTES,
+    )
+    .map_err(|e| match e {
+        Error::ReadInput { source, .. } => Error::OptionSuppressions(format!(
+            "suppressions={path}: {}",
+            crate::error::os(&source)
+        )),
+        e => Error::OptionSuppressions(format!("suppressions={path}: {e}")),
     })?;
     Suppressions::parse(&path, &text)
         .map(|_| ())
@@ -176,7 +194,7 @@ impl ReportSettings {
             },
             (None, None) => Source::Dir {
                 path: reportdir::resolve(
-                    env.options_text()?.as_deref(),
+                    env.options_text().0.as_deref(),
                     env.xdg_runtime_dir.as_deref().and_then(|s| s.to_str()),
                     env.uid,
                 ),

@@ -8,13 +8,14 @@
 //! arm in [`load`].
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use leakscan_core::report::Report;
+use leakscan_core::report::{Document, Report};
 
-use crate::error::{os, Error};
+use crate::error::Error;
+use crate::input;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -57,23 +58,11 @@ pub struct Loaded {
 
 pub fn load(source: &Source) -> Result<Loaded, Error> {
     match source {
-        Source::File(path) => {
-            let text = fs::read_to_string(path).map_err(|source| Error::ReadReport {
-                path: path.clone(),
-                source,
-            })?;
-            one_document(&text, path)
-        }
-        Source::Stdin => {
-            let mut text = String::new();
-            io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|source| Error::ReadReport {
-                    path: "<stdin>".into(),
-                    source,
-                })?;
-            one_document(&text, Path::new("<stdin>"))
-        }
+        Source::File(path) => Ok(one_document(input::read_document(Some(path), path)?)),
+        Source::Stdin => Ok(one_document(input::read_document(
+            None,
+            Path::new("<stdin>"),
+        )?)),
         Source::Dir { path, explicit } => load_dir(path, *explicit),
         Source::Pid {
             pid,
@@ -88,20 +77,16 @@ pub fn load(source: &Source) -> Result<Loaded, Error> {
 }
 
 /// A file holds one report, or a set saved from `leakscan report`.
-fn one_document(text: &str, path: &Path) -> Result<Loaded, Error> {
-    let bad = |source| Error::BadReport {
-        path: path.to_path_buf(),
-        source,
+fn one_document(doc: Document) -> Loaded {
+    let shape = match doc {
+        Document::One(_) => Shape::One,
+        Document::Set(_) => Shape::Set,
     };
-    let reports = Report::many_from_json(text).map_err(bad)?;
-    let is_set = serde_json::from_str::<serde_json::Value>(text)
-        .map(|v| v.get("reports").is_some())
-        .unwrap_or(false);
-    Ok(Loaded {
-        shape: if is_set { Shape::Set } else { Shape::One },
-        reports,
+    Loaded {
+        shape,
+        reports: doc.into_reports(),
         skipped: Vec::new(),
-    })
+    }
 }
 
 fn load_dir(dir: &Path, explicit: bool) -> Result<Loaded, Error> {
@@ -137,20 +122,16 @@ fn load_dir(dir: &Path, explicit: bool) -> Result<Loaded, Error> {
     // Newest first; the pid breaks ties so that output is deterministic.
     files.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
     for (_, _, path) in files {
-        match fs::read_to_string(&path) {
-            Ok(text) => match Report::from_json(&text) {
-                Ok(report) => loaded.reports.push(report),
-                Err(e) => loaded
-                    .skipped
-                    .push(format!("skipping report {}: {e}", path.display())),
-            },
+        match input::read_document(Some(&path), &path) {
+            // A directory holds single reports, never sets.
+            Ok(Document::One(report)) => loaded.reports.push(*report),
+            Ok(Document::Set(_)) => loaded.skipped.push(format!(
+                "skipping report {}: a report set, not one process's report",
+                path.display()
+            )),
             // A finished process's report removed meanwhile is no error.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                loaded
-                    .skipped
-                    .push(format!("skipping report {}: {}", path.display(), os(&e)))
-            }
+            Err(Error::ReadReport { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => loaded.skipped.push(format!("skipping report: {e}")),
         }
     }
     Ok(loaded)

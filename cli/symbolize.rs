@@ -129,7 +129,11 @@ impl Symbolizer {
     /// comment for the order).
     fn find_debug_file(&mut self, module: &str, build_id: Option<&str>) -> Option<PathBuf> {
         let matches = |path: &Path| path.is_file() && build_id_matches(path, build_id);
-        if let Some(id) = build_id.filter(|id| id.len() > 2) {
+        // Only a hex build-id names a file in a .build-id tree (anything
+        // else, from a hand-edited report, must not become a path).
+        let hex_id =
+            build_id.filter(|id| id.len() > 2 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let Some(id) = hex_id {
             let (head, tail) = id.split_at(2);
             let in_tree = self
                 .dirs

@@ -26,6 +26,7 @@ use leakscan_core::suppress::{self, Suppressions};
 
 use crate::args::{KindArg, ViewArgs};
 use crate::error::Error;
+use crate::input;
 use crate::symbolize::Symbolizer;
 
 /// A validated view.
@@ -118,11 +119,7 @@ impl View {
 }
 
 fn load_suppressions(path: &Path) -> Result<Suppressions, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadInput {
-        what: "suppression file",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = input::read_text(path, "suppression file", input::MAX_SUPPRESSIONS_BYTES)?;
     Suppressions::parse(&path.to_string_lossy(), &text).map_err(|source| Error::Suppressions {
         path: path.to_path_buf(),
         source,
@@ -148,15 +145,17 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn load(path: &Path) -> Result<Baseline, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadInput {
-            what: "baseline",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let reports = Report::many_from_json(&text).map_err(|source| Error::BadReport {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let reports = match input::read_document(Some(path), path) {
+            Ok(doc) => doc.into_reports(),
+            Err(Error::ReadReport { path, source }) => {
+                return Err(Error::ReadInput {
+                    what: "baseline",
+                    path,
+                    source,
+                })
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Baseline::from_reports(reports))
     }
 
@@ -169,8 +168,8 @@ impl Baseline {
                     .sizes
                     .entry(id)
                     .or_insert(BaselineSize { count: 0, bytes: 0 });
-                total.count += size.count;
-                total.bytes += size.bytes;
+                total.count = total.count.saturating_add(size.count);
+                total.bytes = total.bytes.saturating_add(size.bytes);
             }
         }
         baseline
@@ -206,8 +205,8 @@ fn sizes_by_id(report: &Report) -> HashMap<String, BaselineSize> {
         let size = sizes
             .entry(group.id.clone().unwrap_or_default())
             .or_insert(BaselineSize { count: 0, bytes: 0 });
-        size.count += group.count;
-        size.bytes += group.bytes;
+        size.count = size.count.saturating_add(group.count);
+        size.bytes = size.bytes.saturating_add(group.bytes);
     }
     sizes
 }

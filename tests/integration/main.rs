@@ -24,6 +24,7 @@ mod faults;
 mod fixtures;
 mod golden;
 mod harness;
+mod hostile;
 mod live;
 mod programs;
 mod report;

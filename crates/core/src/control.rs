@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::parse_seconds;
+use crate::options::{excerpt, parse_seconds};
 use crate::report::{Frame, Process, Report};
 
 /// The protocol version this build speaks.
@@ -56,7 +56,7 @@ impl Request {
             if args.is_empty() {
                 Ok(r)
             } else {
-                Err(format!("`{command}` takes no argument"))
+                Err(format!("`{}` takes no argument", excerpt(command)))
             }
         };
         match command {
@@ -65,7 +65,7 @@ impl Request {
                 for arg in &args {
                     match arg.split_once('=') {
                         Some(("min_age", v)) => min_age_ms = Some(parse_seconds(v)?),
-                        _ => return Err(format!("unknown argument `{arg}` to scan")),
+                        _ => return Err(format!("unknown argument `{}` to scan", excerpt(arg))),
                     }
                 }
                 Ok(Request::Scan { min_age_ms })
@@ -78,7 +78,7 @@ impl Request {
                 [addr] => parse_address(addr).map(|address| Request::Dump { address }),
                 _ => Err("usage: dump ADDRESS".into()),
             },
-            other => Err(format!("unknown command `{other}`")),
+            other => Err(format!("unknown command `{}`", excerpt(other))),
         }
     }
 
@@ -104,7 +104,7 @@ pub fn parse_address(text: &str) -> Result<usize, String> {
         Some(hex) => usize::from_str_radix(hex, 16),
         None => text.parse::<usize>(),
     };
-    parsed.map_err(|_| format!("`{text}` is not an address (0x… or decimal)"))
+    parsed.map_err(|_| format!("`{}` is not an address (0x… or decimal)", excerpt(text)))
 }
 
 /// The agent's answer to one request.
@@ -228,6 +228,7 @@ pub struct Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::{fuzz_cases, seed_from_env, Rng};
 
     #[test]
     fn every_request_round_trips_through_its_line() {
@@ -267,6 +268,94 @@ mod tests {
             Request::parse(b"dump 4096"),
             Ok(Request::Dump { address: 4096 })
         );
+    }
+
+    /// A request line as a hostile or broken client might send it.
+    fn hostile_request(rng: &mut Rng) -> Vec<u8> {
+        const WORDS: &[&[u8]] = &[
+            b"scan",
+            b"report",
+            b"clear",
+            b"dump",
+            b"stats",
+            b"ping",
+            b"min_age=",
+            b"min_age",
+            b"=",
+            b" ",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\x00",
+            b"\xff",
+            b"\xc3",
+            b"0x",
+            b"0X",
+            b"-1",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"0xffffffffffffffff",
+            b"0x1ffffffffffffffff",
+            b"0xffff800000000000",
+            b"1e400",
+            b"NaN",
+            b"inf",
+            b"0.5",
+            b"31536000",
+            b"31536001",
+            b"+7",
+            b"0x",
+            b"\x1b[2J",
+        ];
+        let mut out = Vec::new();
+        for _ in 0..rng.below(12) {
+            match rng.below(8) {
+                0 => out.extend((0..rng.below(32)).map(|_| rng.next() as u8)),
+                1 => out.extend(std::iter::repeat_n(b'x', rng.below(2 * MAX_REQUEST))),
+                _ => out.extend_from_slice(WORDS[rng.below(WORDS.len())]),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn randomized_requests_are_answered_never_panicked_on() {
+        let seed = seed_from_env(0xc0_27_01);
+        for case in fuzz_cases(5000) {
+            let mut rng = Rng::for_case(seed, case);
+            let line = hostile_request(&mut rng);
+            let context = || format!("seed {seed:#x} case {case}: {line:?}");
+            match Request::parse(&line) {
+                // A request that parsed is what its own line says.
+                Ok(r) => assert_eq!(Request::parse(r.line().as_bytes()), Ok(r), "{}", context()),
+                Err(e) => {
+                    // The reply is one short JSON line that says why.
+                    let reply = Reply::failure(e.clone()).to_line();
+                    assert_eq!(reply.matches('\n').count(), 1, "{}", context());
+                    assert!(reply.len() < 400 && !e.is_empty(), "{}: {e}", context());
+                    let back: Reply = serde_json::from_str(&reply).unwrap();
+                    assert_eq!(back.error.as_deref(), Some(e.as_str()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn odd_addresses_and_durations() {
+        assert_eq!(parse_address("0xffffffffffffffff"), Ok(usize::MAX));
+        assert!(parse_address("0x1ffffffffffffffff").is_err());
+        assert!(parse_address("-1").is_err() && parse_address("0x").is_err());
+        assert!(Request::parse(b"scan min_age=NaN").is_err());
+        assert!(Request::parse(b"scan min_age=1e400").is_err());
+        assert!(Request::parse(b"scan min_age=31536001").is_err());
+        assert_eq!(
+            Request::parse(b"scan min_age=1 min_age=0.25\r"),
+            Ok(Request::Scan {
+                min_age_ms: Some(250)
+            })
+        );
+        let e = Request::parse(&[b'z'; MAX_REQUEST]).unwrap_err();
+        assert!(e.len() < 100, "{e}");
     }
 
     #[test]

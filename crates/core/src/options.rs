@@ -64,7 +64,7 @@ pub const DEFAULT_MIN_AGE_MS: u64 = 5_000;
 pub fn parse_seconds(v: &str) -> Result<u64, String> {
     let secs: f64 = v
         .parse()
-        .map_err(|_| format!("`{v}` is not a number of seconds"))?;
+        .map_err(|_| format!("`{}` is not a number of seconds", excerpt(v)))?;
     if !secs.is_finite() || secs < 0.0 {
         return Err("seconds must be a non-negative number".into());
     }
@@ -103,27 +103,116 @@ pub struct OptionError {
 
 impl std::fmt::Display for OptionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LEAKSCAN_OPTIONS: `{}`: {}", self.item, self.reason)
+        write!(f, "`{}`: {}", excerpt(&self.item), self.reason)
     }
 }
 
-/// Split on ':' outside quotes; a value may be quoted with ' or " to contain ':'.
-fn split_items(text: &str) -> Vec<String> {
+/// Bad items named in the warning line; the rest are counted.
+const WARNED_ITEMS: usize = 4;
+
+/// The one warning line (without `leakscan: ` and the newline) for the
+/// bad items of `LEAKSCAN_OPTIONS`, or `None` when there are none. One
+/// line however many there are, each item cut short, so that garbage in
+/// the variable cannot flood the program's stderr.
+pub fn warning(errors: &[OptionError]) -> Option<String> {
+    if errors.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = errors
+        .iter()
+        .take(WARNED_ITEMS)
+        .map(ToString::to_string)
+        .collect();
+    let mut line = format!("warning: LEAKSCAN_OPTIONS: {}", named.join("; "));
+    if errors.len() > WARNED_ITEMS {
+        line.push_str(&format!(
+            "; and {} more bad items",
+            errors.len() - WARNED_ITEMS
+        ));
+    }
+    line.push_str(if errors.len() == 1 {
+        " (ignored)"
+    } else {
+        " (all ignored)"
+    });
+    Some(line)
+}
+
+/// Longest excerpt of untrusted text quoted in a message, in characters.
+const EXCERPT_CHARS: usize = 48;
+
+/// `text` as a message may quote it: control characters escaped (so the
+/// message stays one line and cannot drive a terminal) and cut to a few
+/// dozen characters, with `…` where it was cut. Messages that quote what a
+/// user or a peer supplied (options, suppression lines, control requests)
+/// use it, so a megabyte of garbage gives a short line.
+pub fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One item of `LEAKSCAN_OPTIONS`, its quotes removed.
+struct Item {
+    text: Vec<u8>,
+    /// A quote opened in it was never closed.
+    unclosed: bool,
+}
+
+/// Split on ':' outside quotes; a value may be quoted with ' or " to
+/// contain ':'. Works on bytes: the separators and quotes are ASCII, which
+/// never occurs inside a multi-byte UTF-8 character, so an item that is
+/// not UTF-8 stays one item (and is refused alone).
+fn split_items(text: &[u8]) -> Vec<Item> {
     let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    for c in text.chars() {
+    let mut cur = Vec::new();
+    let mut quote: Option<u8> = None;
+    for &c in text {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => quote = Some(c),
-            (None, ':') => items.push(std::mem::take(&mut cur)),
+            (None, b'\'' | b'"') => quote = Some(c),
+            (None, b':') => items.push(Item {
+                text: std::mem::take(&mut cur),
+                unclosed: false,
+            }),
             (None, c) => cur.push(c),
         }
     }
-    items.push(cur);
-    items.retain(|s| !s.trim().is_empty());
+    items.push(Item {
+        text: cur,
+        unclosed: quote.is_some(),
+    });
+    items.retain(|i| i.unclosed || !i.text.trim_ascii().is_empty());
     items
+}
+
+/// `item` written so that [`split_items`] gives it back unchanged: every
+/// ':' and quote character inside a quote of the other kind.
+fn quote_item(item: &str) -> String {
+    let mut out = String::with_capacity(item.len());
+    for c in item.chars() {
+        match c {
+            ':' | '\'' => {
+                out.push('"');
+                out.push(c);
+                out.push('"');
+            }
+            '"' => out.push_str("'\"'"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -135,17 +224,50 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 impl Options {
-    /// Parse `LEAKSCAN_OPTIONS`. Later items override earlier ones, so a
-    /// wrapper may append its own settings.
-    pub fn parse(text: &str) -> (Options, Vec<OptionError>) {
+    /// Parse `LEAKSCAN_OPTIONS` (text, or the raw bytes of the variable).
+    /// Later items override earlier ones, so a wrapper may append its own
+    /// settings. Bad items are returned, the rest applies: an unknown key,
+    /// a bad value, an item without `=`, one that is not UTF-8, or one
+    /// whose quote is never closed (it would swallow the items after it).
+    pub fn parse(text: impl AsRef<[u8]>) -> (Options, Vec<OptionError>) {
         let mut opts = Options::default();
+        let errors = opts.apply_all(text.as_ref(), |_| {});
+        (opts, errors)
+    }
+
+    /// The good items of `text` only, written back as one
+    /// `LEAKSCAN_OPTIONS` value (quoted where needed), and the bad ones:
+    /// what `leakscan run` passes on after warning once, so that the
+    /// program and each of its children do not warn again, and so that no
+    /// bad item (an unclosed quote) can swallow the items `run` appends.
+    pub fn sanitize(text: impl AsRef<[u8]>) -> (String, Vec<OptionError>) {
+        let mut good: Vec<String> = Vec::new();
+        let errors =
+            Options::default().apply_all(text.as_ref(), |item| good.push(quote_item(item)));
+        (good.join(":"), errors)
+    }
+
+    /// Apply every item of `text`; `good` sees each item that applied.
+    fn apply_all(&mut self, text: &[u8], mut good: impl FnMut(&str)) -> Vec<OptionError> {
         let mut errors = Vec::new();
         for item in split_items(text) {
-            if let Err(reason) = opts.apply(&item) {
-                errors.push(OptionError { item, reason });
+            let lossy = || String::from_utf8_lossy(&item.text).into_owned();
+            let result = if item.unclosed {
+                Err("its quote is never closed".to_string())
+            } else {
+                match std::str::from_utf8(&item.text) {
+                    Ok(text) => self.apply(text).map(|()| good(text)),
+                    Err(_) => Err("not UTF-8".to_string()),
+                }
+            };
+            if let Err(reason) = result {
+                errors.push(OptionError {
+                    item: lossy(),
+                    reason,
+                });
             }
         }
-        (opts, errors)
+        errors
     }
 
     fn apply(&mut self, item: &str) -> Result<(), String> {
@@ -155,10 +277,11 @@ impl Options {
         let (key, value) = (key.trim(), value.trim());
         let int = |v: &str| -> Result<i64, String> {
             v.parse::<i64>()
-                .map_err(|_| format!("`{v}` is not an integer"))
+                .map_err(|_| format!("`{}` is not an integer", excerpt(v)))
         };
-        let boolean =
-            |v: &str| parse_bool(v).ok_or_else(|| format!("`{v}` is not a boolean (0 or 1)"));
+        let boolean = |v: &str| {
+            parse_bool(v).ok_or_else(|| format!("`{}` is not a boolean (0 or 1)", excerpt(v)))
+        };
         match key {
             "report_dir" => {
                 if value.is_empty() {
@@ -222,6 +345,7 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::{fuzz_cases, seed_from_env, Rng};
 
     #[test]
     fn defaults_when_empty() {
@@ -271,6 +395,175 @@ mod tests {
         let (o, e) = Options::parse("scan_threads=0:scan_threads=two");
         assert_eq!(e.len(), 2);
         assert_eq!(o.scan_threads, None);
+    }
+
+    #[test]
+    fn an_unclosed_quote_or_bytes_that_are_not_utf8_spoil_only_their_item() {
+        // The unclosed quote would swallow every item after it: refused.
+        let (o, e) = Options::parse("verbosity=0:exitcode='3:report_dir=/r");
+        assert_eq!((o.verbosity, o.exitcode, o.report_dir), (0, 0, None));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].reason.contains("quote"), "{e:?}");
+        let (o, e) = Options::parse(&b"report_dir=/r\xff:verbosity=2:\xfe=1"[..]);
+        assert_eq!((o.verbosity, o.report_dir), (2, None));
+        let reasons: Vec<_> = e.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["not UTF-8", "not UTF-8"]);
+    }
+
+    #[test]
+    fn one_short_warning_line_whatever_the_garbage() {
+        assert_eq!(warning(&[]), None);
+        let (_, e) = Options::parse("exitcode=x");
+        assert_eq!(
+            warning(&e).unwrap(),
+            "warning: LEAKSCAN_OPTIONS: `exitcode=x`: `x` is not an integer (ignored)"
+        );
+        let huge = format!(
+            "bogus={}\n\x1b[31m:{}",
+            "a".repeat(100_000),
+            "x:".repeat(1000)
+        );
+        let (_, e) = Options::parse(&huge);
+        assert_eq!(e.len(), 1001);
+        let line = warning(&e).unwrap();
+        assert!(line.len() < 600, "{line}");
+        assert!(!line.contains(['\n', '\x1b']), "{line}");
+        assert!(
+            line.ends_with("; and 997 more bad items (all ignored)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn sanitize_keeps_exactly_the_good_items_and_they_parse_back() {
+        let (text, e) = Options::sanitize(
+            &b"exitcode=3:bogus=1:report_dir='/a:b\"c':\xff=1:suppressions=/s's':verbosity='2"[..],
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        let (o, e) = Options::parse(&text);
+        assert!(e.is_empty(), "{text}: {e:?}");
+        assert_eq!(o.exitcode, 3);
+        assert_eq!(o.report_dir.as_deref(), Some("/a:b\"c"));
+        assert_eq!(o.suppressions.as_deref(), Some("/ss"));
+        assert_eq!(o.verbosity, 1);
+    }
+
+    /// Text made of the pieces options are made of, and of garbage.
+    fn hostile_options(rng: &mut Rng) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b"report_dir",
+            b"exitcode",
+            b"stack_depth",
+            b"depth",
+            b"detect_leaks",
+            b"max_objects",
+            b"verbosity",
+            b"enabled",
+            b"symbolize",
+            b"scan_interval",
+            b"min_age",
+            b"scan_threads",
+            b"control_socket",
+            b"suppressions",
+            b"=",
+            b"=",
+            b":",
+            b":",
+            b"'",
+            b"\"",
+            b" ",
+            b"\t",
+            b"0",
+            b"1",
+            b"-1",
+            b"255",
+            b"256",
+            b"99999999999999999999",
+            b"-9223372036854775808",
+            b"1e400",
+            b"NaN",
+            b"inf",
+            b"-0",
+            b"0.001",
+            b"1e-9",
+            b"0x10",
+            b"yes",
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\x00",
+            b"\n",
+            b"\x1b[2J",
+            b"\xe2\x80\xa8",
+            b"/tmp/x",
+            b"",
+        ];
+        let mut out = Vec::new();
+        for _ in 0..rng.below(24) {
+            match rng.below(10) {
+                0 => out.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+                1 => out.extend(std::iter::repeat_n(b'9', rng.below(5000))),
+                _ => out.extend_from_slice(PIECES[rng.below(PIECES.len())]),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn randomized_options_never_panic_and_always_agree() {
+        let seed = seed_from_env(0x0b71_0115);
+        for case in fuzz_cases(3000) {
+            let mut rng = Rng::for_case(seed, case);
+            let text = hostile_options(&mut rng);
+            let context = || {
+                format!(
+                    "seed {seed:#x} case {case}: {:?}",
+                    String::from_utf8_lossy(&text)
+                )
+            };
+            let (o, errors) = Options::parse(&text);
+            // The documented ranges hold whatever the input.
+            assert!(
+                (1..=MAX_STACK_DEPTH).contains(&o.stack_depth),
+                "{}",
+                context()
+            );
+            assert!(
+                (0..=255).contains(&o.exitcode) && o.verbosity <= 2,
+                "{}",
+                context()
+            );
+            assert!(o
+                .scan_threads
+                .is_none_or(|n| (1..=MAX_SCAN_THREADS).contains(&n)));
+            assert!(o.scan_interval_ms <= 31_536_000_000 && o.min_age_ms <= 31_536_000_000);
+            assert!(
+                o.report_dir.as_ref().is_none_or(|d| !d.is_empty()),
+                "{}",
+                context()
+            );
+            // One short line, however bad.
+            match warning(&errors) {
+                None => assert!(errors.is_empty()),
+                Some(line) => {
+                    assert!(!line.contains(['\n', '\r']), "{}: {line}", context());
+                    assert!(line.chars().count() < 700, "{}: {line}", context());
+                }
+            }
+            // What `leakscan run` passes on means the same and is clean.
+            let (clean, bad) = Options::sanitize(&text);
+            assert_eq!(bad, errors, "{}", context());
+            let (again, e) = Options::parse(&clean);
+            assert!(e.is_empty(), "{}: {clean:?} {e:?}", context());
+            assert_eq!(again, o, "{}: {clean:?}", context());
+            // Items appended after it are never swallowed.
+            let (tail, e) = Options::parse(format!("{clean}:verbosity=2"));
+            assert!(
+                e.is_empty() && tail.verbosity == 2,
+                "{}: {clean:?}",
+                context()
+            );
+        }
     }
 
     #[test]

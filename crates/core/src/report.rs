@@ -89,15 +89,15 @@ impl GroupCounts {
     }
 
     pub fn add(&mut self, group: &LeakGroup) {
-        self.groups += 1;
-        self.blocks += group.count;
-        self.bytes += group.bytes;
+        self.groups = self.groups.saturating_add(1);
+        self.blocks = self.blocks.saturating_add(group.count);
+        self.bytes = self.bytes.saturating_add(group.bytes);
     }
 
     fn merge(&mut self, other: &GroupCounts) {
-        self.groups += other.groups;
-        self.blocks += other.blocks;
-        self.bytes += other.bytes;
+        self.groups = self.groups.saturating_add(other.groups);
+        self.blocks = self.blocks.saturating_add(other.blocks);
+        self.bytes = self.bytes.saturating_add(other.bytes);
     }
 }
 
@@ -171,19 +171,23 @@ pub struct Summary {
     pub suppressed_bytes: u64,
 }
 
+// The counts saturate: a report read back from a file (hand-edited, or
+// from another tool) may hold any numbers, and adding them up must not
+// wrap (or, in a debug build, panic).
 impl Summary {
     /// Count one leaked block of `kind`.
     pub fn add(&mut self, kind: LeakKind, blocks: u64, bytes: u64) {
-        self.leaked_blocks += blocks;
-        self.leaked_bytes += bytes;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.leaked_blocks, blocks);
+        add(&mut self.leaked_bytes, bytes);
         match kind {
             LeakKind::Direct => {
-                self.direct_blocks += blocks;
-                self.direct_bytes += bytes;
+                add(&mut self.direct_blocks, blocks);
+                add(&mut self.direct_bytes, bytes);
             }
             LeakKind::Indirect => {
-                self.indirect_blocks += blocks;
-                self.indirect_bytes += bytes;
+                add(&mut self.indirect_blocks, blocks);
+                add(&mut self.indirect_bytes, bytes);
             }
         }
     }
@@ -191,20 +195,21 @@ impl Summary {
     /// Take one group of `kind` out of the leaked counts and count it as
     /// suppressed.
     pub fn suppress(&mut self, kind: LeakKind, blocks: u64, bytes: u64) {
-        self.leaked_blocks -= blocks;
-        self.leaked_bytes -= bytes;
+        let sub = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+        sub(&mut self.leaked_blocks, blocks);
+        sub(&mut self.leaked_bytes, bytes);
         match kind {
             LeakKind::Direct => {
-                self.direct_blocks -= blocks;
-                self.direct_bytes -= bytes;
+                sub(&mut self.direct_blocks, blocks);
+                sub(&mut self.direct_bytes, bytes);
             }
             LeakKind::Indirect => {
-                self.indirect_blocks -= blocks;
-                self.indirect_bytes -= bytes;
+                sub(&mut self.indirect_blocks, blocks);
+                sub(&mut self.indirect_bytes, bytes);
             }
         }
-        self.suppressed_blocks += blocks;
-        self.suppressed_bytes += bytes;
+        self.suppressed_blocks = self.suppressed_blocks.saturating_add(blocks);
+        self.suppressed_bytes = self.suppressed_bytes.saturating_add(bytes);
     }
 
     /// The leaked counts of exactly `groups`, keeping the suppressed ones.
@@ -222,14 +227,15 @@ impl Summary {
 
     /// Add another summary into this one (merging processes).
     pub fn merge(&mut self, other: &Summary) {
-        self.leaked_blocks += other.leaked_blocks;
-        self.leaked_bytes += other.leaked_bytes;
-        self.direct_blocks += other.direct_blocks;
-        self.direct_bytes += other.direct_bytes;
-        self.indirect_blocks += other.indirect_blocks;
-        self.indirect_bytes += other.indirect_bytes;
-        self.suppressed_blocks += other.suppressed_blocks;
-        self.suppressed_bytes += other.suppressed_bytes;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.leaked_blocks, other.leaked_blocks);
+        add(&mut self.leaked_bytes, other.leaked_bytes);
+        add(&mut self.direct_blocks, other.direct_blocks);
+        add(&mut self.direct_bytes, other.direct_bytes);
+        add(&mut self.indirect_blocks, other.indirect_blocks);
+        add(&mut self.indirect_bytes, other.indirect_bytes);
+        add(&mut self.suppressed_blocks, other.suppressed_blocks);
+        add(&mut self.suppressed_bytes, other.suppressed_bytes);
     }
 }
 
@@ -332,6 +338,9 @@ pub fn hex(addr: u64) -> String {
 pub enum ReportError {
     Json(serde_json::Error),
     Version(u64),
+    /// Reading the document failed (a directory, an I/O error, or a reader
+    /// that refused to give more: see the CLI's size limit).
+    Io(std::io::Error),
 }
 
 impl std::fmt::Display for ReportError {
@@ -342,21 +351,70 @@ impl std::fmt::Display for ReportError {
                 f,
                 "report has schema_version {v}; this leakscan reads version {SCHEMA_VERSION}"
             ),
+            ReportError::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for ReportError {}
 
-/// The JSON value of a document of this schema version.
-fn versioned(text: &str) -> Result<serde_json::Value, ReportError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(ReportError::Json)?;
+impl From<serde_json::Error> for ReportError {
+    fn from(e: serde_json::Error) -> ReportError {
+        if e.is_io() {
+            ReportError::Io(e.into())
+        } else {
+            ReportError::Json(e)
+        }
+    }
+}
+
+/// The JSON value of a document, if it is of this schema version.
+fn versioned(value: serde_json::Value) -> Result<serde_json::Value, ReportError> {
     match value.get("schema_version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(SCHEMA_VERSION) => Ok(value),
         Some(v) => Err(ReportError::Version(v)),
         None => Err(ReportError::Json(serde::de::Error::custom(
-            "missing schema_version",
+            "missing schema_version (or not a number)",
         ))),
+    }
+}
+
+/// What a report file holds: one report, or a [`ReportSet`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    One(Box<Report>),
+    Set(Vec<Report>),
+}
+
+impl Document {
+    /// Parse a document, checking its schema version first so that a newer
+    /// report gets a clear message instead of a field-level error.
+    pub fn from_json(text: &str) -> Result<Document, ReportError> {
+        Document::from_value(serde_json::from_str(text)?)
+    }
+
+    /// The same from a reader, parsing as it reads: garbage (a binary file,
+    /// `/dev/urandom`) is refused at its first bytes, not after reading it
+    /// all. serde_json's nesting limit (128) bounds the recursion.
+    pub fn from_reader(reader: impl std::io::Read) -> Result<Document, ReportError> {
+        Document::from_value(serde_json::from_reader(std::io::BufReader::new(reader))?)
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Document, ReportError> {
+        let value = versioned(value)?;
+        if value.get("reports").is_some() {
+            let set: ReportSet = serde_json::from_value(value)?;
+            Ok(Document::Set(set.reports))
+        } else {
+            Ok(Document::One(Box::new(serde_json::from_value(value)?)))
+        }
+    }
+
+    pub fn into_reports(self) -> Vec<Report> {
+        match self {
+            Document::One(r) => vec![*r],
+            Document::Set(reports) => reports,
+        }
     }
 }
 
@@ -386,22 +444,14 @@ impl Report {
     /// Parse a report, checking its schema version first so that a newer
     /// report gets a clear message instead of a field-level error.
     pub fn from_json(text: &str) -> Result<Report, ReportError> {
-        let value = versioned(text)?;
-        serde_json::from_value(value).map_err(ReportError::Json)
+        let value = versioned(serde_json::from_str(text)?)?;
+        Ok(serde_json::from_value(value)?)
     }
 
     /// Parse a document that is either one report or a [`ReportSet`], into
     /// its reports.
     pub fn many_from_json(text: &str) -> Result<Vec<Report>, ReportError> {
-        let value = versioned(text)?;
-        if value.get("reports").is_some() {
-            let set: ReportSet = serde_json::from_value(value).map_err(ReportError::Json)?;
-            Ok(set.reports)
-        } else {
-            serde_json::from_value(value)
-                .map(|r| vec![r])
-                .map_err(ReportError::Json)
-        }
+        Document::from_json(text).map(Document::into_reports)
     }
 
     /// Pretty JSON, as written to disk and printed by the CLI.
@@ -440,8 +490,8 @@ pub fn add_suppression_use(list: &mut Vec<SuppressionUse>, used: SuppressionUse)
         .find(|u| u.file == used.file && u.line == used.line)
     {
         Some(u) => {
-            u.blocks += used.blocks;
-            u.bytes += used.bytes;
+            u.blocks = u.blocks.saturating_add(used.blocks);
+            u.bytes = u.bytes.saturating_add(used.bytes);
         }
         None => {
             list.push(used);
@@ -462,4 +512,200 @@ pub fn sort_groups(groups: &mut [LeakGroup]) {
             .then_with(|| a.id.cmp(&b.id))
             .then(a.pid.cmp(&b.pid))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::{fuzz_cases, seed_from_env, Rng};
+
+    /// A report with every optional part present.
+    fn full_report() -> Report {
+        let frame = |i: u64, function: Option<&str>| Frame {
+            ip: hex(0x5581a0 + i),
+            module: Some("/usr/bin/prog".into()),
+            offset: Some(hex(0x1a0 + i)),
+            build_id: Some("0123456789abcdef".into()),
+            function: function.map(Into::into),
+            file: function.map(|_| "/src/prog.c".into()),
+            line: function.map(|_| 40 + i as u32),
+            inlined: i == 0,
+        };
+        let process = Process {
+            pid: 4242,
+            exe: "/usr/bin/prog".into(),
+            argv: vec!["prog".into(), "--flag".into(), "é€𝄞".into()],
+        };
+        let mut r = Report::blank(process.clone(), Trigger::Periodic);
+        for (i, kind) in [LeakKind::Direct, LeakKind::Indirect]
+            .into_iter()
+            .enumerate()
+        {
+            r.summary.add(kind, 3, 96);
+            r.leaks.push(LeakGroup {
+                id: Some(format!("{i:016x}")),
+                kind,
+                count: 3,
+                bytes: 96,
+                objects: (0..3)
+                    .map(|j| LeakedObject {
+                        address: hex(0x7000 + j * 32),
+                        size: 32,
+                        age_ms: 1500,
+                    })
+                    .collect(),
+                stack: vec![
+                    frame(0, Some("inlined_fn")),
+                    frame(1, Some("main")),
+                    frame(2, None),
+                ],
+                pid: Some(4243),
+                baseline: Some(BaselineSize {
+                    count: 1,
+                    bytes: 32,
+                }),
+            });
+        }
+        r.scan.duration_ms = 1.25;
+        r.suppressions.push(SuppressionUse {
+            pattern: "libfoo*".into(),
+            file: "lsan.supp".into(),
+            line: 3,
+            blocks: 1,
+            bytes: 16,
+        });
+        r.omitted.filtered.add(&r.leaks[0].clone());
+        r.children.push(ChildProcess {
+            process,
+            summary: r.summary.clone(),
+        });
+        r
+    }
+
+    /// Both parsers agree, and a failure is one line.
+    fn parse_both(text: &[u8]) -> Result<Vec<Report>, String> {
+        let streamed = Document::from_reader(text).map(Document::into_reports);
+        let whole = std::str::from_utf8(text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Report::many_from_json(t).map_err(|e| e.to_string()));
+        match (streamed, whole) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b);
+                Ok(a)
+            }
+            (Err(e), Err(_)) => {
+                let line = e.to_string();
+                assert!(!line.contains('\n') && !line.is_empty(), "{line}");
+                Err(line)
+            }
+            (a, b) => panic!("the parsers disagree: {a:?} vs {b:?}"),
+        }
+    }
+
+    #[test]
+    fn a_report_cut_anywhere_is_refused() {
+        let r = full_report();
+        for text in [r.to_json(), serde_json::to_string(&r).unwrap()] {
+            assert_eq!(parse_both(text.as_bytes()), Ok(vec![r.clone()]));
+            let end = text.trim_end().len();
+            for cut in 0..end {
+                // A cut inside a multi-byte character is not UTF-8 at all.
+                let got = parse_both(&text.as_bytes()[..cut]);
+                assert!(got.is_err(), "cut at {cut} of {end} parsed");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_versions_nesting_and_numbers_are_errors() {
+        let deep_array = "[".repeat(100_000);
+        let deep_object = format!(
+            "{{\"schema_version\":1,\"tool\":{}",
+            "{\"a\":".repeat(100_000)
+        );
+        let mut wrong_types = serde_json::to_value(full_report()).unwrap();
+        wrong_types["leaks"][0]["count"] = serde_json::json!(-1);
+        let wrong_types = wrong_types.to_string();
+        for (text, says) in [
+            ("", "EOF"),
+            ("null", "schema_version"),
+            ("[]", "schema_version"),
+            ("\"report\"", "schema_version"),
+            ("{\"schema_version\":\"1\"}", "schema_version"),
+            ("{\"schema_version\":2}", "schema_version 2"),
+            ("{\"schema_version\":1e400}", "number out of range"),
+            (
+                "{\"schema_version\":18446744073709551616}",
+                "schema_version",
+            ),
+            ("{\"schema_version\":1}", "missing field"),
+            ("{\"schema_version\":1,\"reports\":{}}", "invalid type"),
+            (deep_array.as_str(), "recursion limit"),
+            (deep_object.as_str(), "recursion limit"),
+            (wrong_types.as_str(), "invalid value"),
+        ] {
+            let e = parse_both(text.as_bytes()).unwrap_err();
+            assert!(e.contains(says), "{text:.60}: {e}");
+        }
+    }
+
+    #[test]
+    fn randomized_report_mutations_never_panic() {
+        let seed = seed_from_env(0x2e_9027);
+        let good = full_report().to_json().into_bytes();
+        const SPLICES: &[&[u8]] = &[
+            b"-1",
+            b"1e400",
+            b"18446744073709551616",
+            b"NaN",
+            b"null",
+            b"[]",
+            b"{}",
+            b"\"\"",
+            b"\"\\ud800\"",
+            b"\xff",
+            b"\x00",
+            b"[[[[[[[[",
+            b"}}}}",
+            b",",
+            b":",
+            b"\"x\":",
+            b"\"schema_version\":2",
+            b"4294967296",
+            b"0.5",
+            b"true",
+        ];
+        for case in fuzz_cases(2000) {
+            let mut rng = Rng::for_case(seed, case);
+            let mut text = good.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(text.len() + 1);
+                match rng.below(4) {
+                    0 => text.truncate(at),
+                    1 => {
+                        if at < text.len() {
+                            text[at] = rng.next() as u8;
+                        }
+                    }
+                    2 => {
+                        let end = (at + rng.below(16)).min(text.len());
+                        text.drain(at..end);
+                    }
+                    _ => {
+                        let piece = SPLICES[rng.below(SPLICES.len())];
+                        text.splice(at..at, piece.iter().copied());
+                    }
+                }
+            }
+            // A mutation may still be a valid report (a digit changed): any
+            // report that parses must render back to JSON.
+            if let Ok(reports) = std::panic::catch_unwind(|| parse_both(&text))
+                .unwrap_or_else(|_| panic!("seed {seed:#x} case {case}: panicked"))
+            {
+                for r in reports {
+                    let _ = r.to_json();
+                }
+            }
+        }
+    }
 }

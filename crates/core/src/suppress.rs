@@ -19,6 +19,7 @@
 //! error, with its number) and stricter where LSan is dangerous: an empty
 //! pattern, which LSan takes as "suppress everything", is an error.
 
+use crate::options::excerpt;
 use crate::report::{add_suppression_use, Frame, LeakGroup, Report, SuppressionUse};
 
 /// One `leak:` rule.
@@ -63,13 +64,14 @@ impl Suppressions {
             let error = |reason: String| ParseError { line, reason };
             let Some((kind, pattern)) = item.split_once(':') else {
                 return Err(error(format!(
-                    "`{item}` is not a rule; expected leak:PATTERN"
+                    "`{}` is not a rule; expected leak:PATTERN",
+                    excerpt(item)
                 )));
             };
             if kind.trim() != "leak" {
                 return Err(error(format!(
                     "unknown suppression type `{}`; leakscan (as LeakSanitizer) knows only `leak:`",
-                    kind.trim()
+                    excerpt(kind.trim())
                 )));
             }
             let pattern = pattern.trim();
@@ -185,6 +187,7 @@ pub fn template_match(templ: &str, s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::report::{LeakKind, Summary};
+    use crate::test_rng::{fuzz_cases, seed_from_env, Rng};
 
     #[test]
     fn template_match_as_lsan() {
@@ -249,6 +252,107 @@ mod tests {
             pid: None,
             baseline: None,
         }
+    }
+
+    /// Suppression-file text as a broken editor, a wrong file or an
+    /// attacker might give it.
+    fn hostile_text(rng: &mut Rng) -> String {
+        const PIECES: &[&str] = &[
+            "leak:",
+            "leak:",
+            "leak",
+            ":",
+            "#",
+            "\n",
+            "\r\n",
+            "\r",
+            " ",
+            "\t",
+            "^",
+            "$",
+            "*",
+            "**",
+            "foo",
+            "main",
+            "lib*.so",
+            "\u{0}",
+            "\u{feff}",
+            "é",
+            "€",
+            "𝄞",
+            "\u{2028}",
+            "\u{1b}[2J",
+            "race:",
+            "LEAK:",
+            "leak :",
+            "interceptor_via_fun:",
+        ];
+        let mut out = String::new();
+        for _ in 0..rng.below(20) {
+            match rng.below(10) {
+                0 => out.extend(
+                    (0..rng.below(16)).filter_map(|_| char::from_u32(rng.below(0x11_0000) as u32)),
+                ),
+                1 => out.push_str(&"x".repeat(rng.below(3000))),
+                _ => out.push_str(PIECES[rng.below(PIECES.len())]),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn randomized_suppression_files_parse_or_fail_in_one_short_line() {
+        let seed = seed_from_env(0x5a9_9e55);
+        for case in fuzz_cases(3000) {
+            let mut rng = Rng::for_case(seed, case);
+            let text = hostile_text(&mut rng);
+            let context = || format!("seed {seed:#x} case {case}: {text:?}");
+            match Suppressions::parse("f.supp", &text) {
+                Ok(set) => {
+                    // Every rule is a non-empty pattern from a numbered line;
+                    // matching it against anything terminates without a panic.
+                    let subject = hostile_text(&mut rng);
+                    for rule in &set.rules {
+                        assert!(!rule.pattern.is_empty() && rule.line >= 1, "{}", context());
+                        let _ = template_match(&rule.pattern, &subject);
+                        let _ = template_match(&subject, &rule.pattern);
+                    }
+                }
+                Err(e) => {
+                    let line = e.to_string();
+                    assert!(!line.contains(['\n', '\r']), "{}: {line}", context());
+                    assert!(line.chars().count() < 200, "{}: {line}", context());
+                    assert!(e.line >= 1, "{}", context());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_summary_that_does_not_match_its_groups_is_no_panic() {
+        // A hand-edited report: the summary says less than the groups hold.
+        let mut report = Report {
+            leaks: vec![group(
+                LeakKind::Direct,
+                u64::MAX,
+                u64::MAX,
+                vec![frame("/bin/p", Some("drop_me"), None)],
+            )],
+            ..Report::blank(
+                crate::report::Process {
+                    pid: 1,
+                    exe: "/bin/p".into(),
+                    argv: vec![],
+                },
+                crate::report::Trigger::Exit,
+            )
+        };
+        report.summary.suppressed_blocks = 5;
+        let sets = [Suppressions::parse("s", "leak:drop").unwrap()];
+        apply(&mut report, &sets);
+        apply(&mut report, &sets);
+        assert_eq!(report.summary.leaked_blocks, 0);
+        assert_eq!(report.summary.suppressed_blocks, u64::MAX);
     }
 
     #[test]

@@ -287,6 +287,37 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Read and drop what the peer has already sent and we did not read
+    /// (the rest of an over-long request, bytes after the request line),
+    /// at most `max` bytes and without waiting. Closing a Unix socket with
+    /// unread data makes the peer's next read fail with ECONNRESET instead
+    /// of seeing the end of the reply; after this, a client that sent too
+    /// much still reads our error reply and a clean end of file.
+    pub fn discard_pending(&self, max: usize) {
+        let mut sink = [0u8; 4096];
+        let mut left = max;
+        while left > 0 {
+            // SAFETY: reading into a local buffer; the socket is
+            // non-blocking, so this never waits.
+            let n = unsafe {
+                libc::read(
+                    self.fd,
+                    sink.as_mut_ptr() as *mut libc::c_void,
+                    sink.len().min(left),
+                )
+            };
+            if n <= 0 {
+                if n < 0 && crate::sys::errno() == libc::EINTR {
+                    continue;
+                }
+                return;
+            }
+            left -= n as usize;
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         // SAFETY: the descriptor is this connection's.

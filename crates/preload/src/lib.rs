@@ -86,12 +86,11 @@ fn locate_self() {
 }
 
 fn read_options() -> Options {
-    let text = sys::getenv(c"LEAKSCAN_OPTIONS")
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
-    let (mut opts, errors) = Options::parse(&text);
-    for e in errors {
-        sys::write_all(2, format!("leakscan: warning: {e} (ignored)\n").as_bytes());
+    let (mut opts, errors) = Options::parse(sys::getenv(c"LEAKSCAN_OPTIONS").unwrap_or_default());
+    // One line for all the bad items, however many (the program's stderr
+    // is not ours to flood).
+    if let Some(line) = leakscan_core::options::warning(&errors) {
+        sys::write_all(2, format!("leakscan: {line}\n").as_bytes());
     }
     // A relative report_dir or suppressions file means relative to where
     // the program started, not to wherever it has chdir'ed by the time it

@@ -61,6 +61,9 @@ use crate::writer;
 const STACK_BYTES: usize = 1 << 20;
 /// How long a client may take to send its request, and to read the reply.
 const CLIENT_TIMEOUT_MS: i32 = 2000;
+/// Unread bytes a client may leave behind and still see a clean end of
+/// the reply (a Unix socket's default send buffer is 208 KiB).
+const MAX_DISCARD: usize = 256 << 10;
 /// A live scan gives up when the frees it holds back exceed the process's
 /// resident size when it started (or `MIN_QUARANTINE_BUDGET`, whichever is
 /// larger): a scan may at most double the program's memory while it runs,
@@ -413,6 +416,7 @@ impl Scanner {
             }
         };
         let _ = conn.send_all(reply.to_line().as_bytes(), CLIENT_TIMEOUT_MS);
+        conn.discard_pending(MAX_DISCARD);
     }
 }
 
