@@ -25,6 +25,7 @@ mod golden;
 mod harness;
 mod live;
 mod programs;
+mod reliability;
 mod report;
 mod sarif;
 mod suppressions;
