@@ -408,7 +408,11 @@ class Watcher(threading.Thread):
         self.poll()
 
     def poll(self):
-        for path in self.root.rglob("*.json"):
+        try:
+            paths = list(self.root.rglob("*.json"))
+        except OSError:
+            return  # `leakscan run` removed its run directory meanwhile
+        for path in paths:
             try:
                 report = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -570,7 +574,8 @@ def check(program, args, work, result, iteration):
             result.fail(f"{tag}no report from {exe} (reports from: {', '.join(sorted(exes))})")
     # `children` carry summaries, not scan counts: the watcher read each
     # process's own reports; the program's own is the merged one.
-    watcher.scans[report["process"]["pid"]] = report["scan"]["number"] - 1
+    # (A stand-in for a program that left no report has number 0.)
+    watcher.scans[report["process"]["pid"]] = max(0, report["scan"]["number"] - 1)
     result.scans += sum(watcher.scans.values())
     result.leaks += report["summary"]["leaked_blocks"]
 
