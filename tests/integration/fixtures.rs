@@ -27,6 +27,7 @@ fixture_tests! {
     thread_stack_root => "thread_stack_root.c",
     tls_root => "tls_root.c",
     interior_pointer => "interior_pointer.c",
+    page_aligned_interior => "page_aligned_interior.c",
     unreachable_cycle => "unreachable_cycle.c",
     realloc_chain => "realloc_chain.c",
     alloc_functions => "alloc_functions.c",

@@ -27,6 +27,7 @@ mod harness;
 mod hostile;
 mod live;
 mod programs;
+mod reliability;
 mod report;
 mod sarif;
 mod security;

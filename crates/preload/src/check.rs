@@ -23,7 +23,9 @@
 //!    - writable segments of every module except libleakscan itself;
 //!    - every thread: its stack and its static TLS and TCB; exact: also its
 //!      saved registers, and the stack only from its stack pointer up;
-//!      live: the whole stack, minus pages never touched;
+//!      live: the whole stack, minus pages never touched; on stacks and
+//!      in registers a page-aligned word counts only as a pointer to a
+//!      block starting there (stale page addresses linger in dead frames);
 //!    - regions registered with `__lsan_register_root_region`;
 //!    - memory the program mapped itself: anonymous writable mappings,
 //!      minus leakscan's own mappings, thread stacks (live and dead), glibc
@@ -460,10 +462,14 @@ impl Roots<'_, '_> {
                 slot.stack_hi.load(Ordering::Relaxed),
             );
             let _ = self.excluded.push((lo, hi));
+            // Stale page addresses linger in dead frames: see
+            // `Marker::set_stack_words`.
+            self.marker.set_stack_words(true);
             match stop {
                 None => self.resident(lo, hi),
                 Some((stop, caller_sp)) => self.stopped_stack(slot, state, me, stop, caller_sp),
             }
+            self.marker.set_stack_words(false);
             if let Some((tls_size, tcb_size)) = tls {
                 let tp = slot.tp.load(Ordering::Relaxed);
                 self.copied(tls_below(tp, tls_size, tcb_size), tp + tcb_size);
