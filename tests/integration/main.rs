@@ -27,5 +27,6 @@ mod live;
 mod programs;
 mod report;
 mod sarif;
+mod stress;
 mod suppressions;
 mod symbolize;

@@ -231,6 +231,36 @@ pub unsafe fn spawn_internal(
     }
 }
 
+/// The calling thread's signal mask as it was before
+/// [`block_program_signals`]; dropping it restores that mask.
+pub struct SavedSignalMask(libc::sigset_t);
+
+/// Block every signal but the stop signal on the calling thread, until the
+/// returned value is dropped: for leakscan's work on a program thread at a
+/// point where the program believes it is in no libc call (its handlers
+/// may then call malloc), while that work is inside glibc's allocator. The
+/// stop signal stays deliverable: its handler only touches atomics, and an
+/// exact check must never wait for this thread.
+pub fn block_program_signals() -> SavedSignalMask {
+    // SAFETY: both sets are initialised before use; pthread_sigmask only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut block: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut block);
+        libc::sigdelset(&mut block, STOP_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        SavedSignalMask(old)
+    }
+}
+
+impl Drop for SavedSignalMask {
+    fn drop(&mut self) {
+        // SAFETY: self.0 is a mask pthread_sigmask filled in.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, core::ptr::null_mut()) };
+    }
+}
+
 /// CPUs this process may run on (its affinity mask), at least 1. Does not
 /// allocate.
 pub fn cpu_count() -> usize {
