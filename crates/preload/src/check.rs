@@ -58,7 +58,7 @@ use crate::annotations;
 use crate::guard::Guard;
 use crate::markers;
 use crate::quarantine;
-use crate::state::{CURBRK, INDEX, OWN_BASE, SCAN_GEN};
+use crate::state::{CURBRK, INDEX, LOADER_GATE, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, Slot, GHOST, LIVE, SLOTS};
 use crate::trailer::{self, Trailer};
@@ -188,6 +188,7 @@ pub fn run(g: &Guard, mode: Mode, excused: &dyn Fn(usize, &Trailer) -> bool) -> 
     let helpers = markers::prepare(g);
     match mode {
         Mode::Exact { .. } => {
+            let _gate = LOADER_GATE.enter();
             let mut ran = false;
             modules::for_each_module(|_| {
                 ran = true;
@@ -234,7 +235,10 @@ fn check_locked(
     let generation = SCAN_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1) as u16;
     // Live mode: the module list is taken first, under the loader lock
     // and without the quarantine, so dlopen never waits on a scan.
-    let segments = module_segments();
+    let segments = {
+        let _gate = LOADER_GATE.enter();
+        module_segments()
+    };
     let regions = annotations::root_regions();
     quarantine::begin();
     let stop = match mode {
@@ -505,7 +509,11 @@ impl Roots<'_, '_> {
     }
 
     /// Exited threads: their stacks are excluded (stale frames), their TCBs
-    /// are roots (glibc reuses the DTV).
+    /// are roots (glibc reuses the DTV). Only while the thread descriptor
+    /// is still there: glibc unmaps cached stacks beyond its cache size, and
+    /// the range may then hold anything — another thread's stack mapped at
+    /// another offset, whose descriptor (and DTV pointer) lies elsewhere,
+    /// or the program's own mapping — which must be scanned as such.
     fn dead_threads(&mut self) {
         let tls = threads::tls_geometry();
         let mut dead = ScratchVec::<(usize, usize, usize)>::new();
@@ -513,6 +521,9 @@ impl Roots<'_, '_> {
             dead.push((lo, hi, tp));
         });
         for &(lo, hi, tp) in dead.as_slice() {
+            if !pt::is_thread_descriptor(tp) {
+                continue;
+            }
             self.excluded.push((lo, hi));
             if let Some((_, tcb_size)) = tls {
                 self.copied(tp, tp + tcb_size);
