@@ -299,7 +299,7 @@ mod tests {
         // Its stack went to glibc's cache with the descriptor in place, or
         // was unmapped: either answer is allowed, but the call must not fault.
         let _ = is_thread_descriptor(other);
-        let fake = vec![0usize; 8];
+        let fake = [0usize; 8];
         assert!(!is_thread_descriptor(fake.as_ptr() as usize));
         assert!(!is_thread_descriptor(0));
         assert!(!is_thread_descriptor(8));

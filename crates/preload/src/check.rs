@@ -269,10 +269,11 @@ fn check_locked(
     roots.registered_regions(regions.as_slice());
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
+    let live = matches!(mode, Mode::Live { .. });
     let drained = roots_done
         && drain(&mut marker, helpers, &give_up)
-        && gray_new_blocks(&mut marker, generation, helpers, &give_up);
-    let live = matches!(mode, Mode::Live { .. });
+        && gray_new_blocks(&mut marker, generation, helpers, &give_up)
+        && (!live || gray_freed_blocks(&mut marker, helpers, &give_up));
     let mut recorded_all = true;
     let is_excused = |start: usize| {
         let t = live_trailer(start);
@@ -349,6 +350,37 @@ fn gray_new_blocks(
     INDEX.for_each_block(|start| {
         if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
             marker.gray_block(start);
+        }
+    });
+    drain(marker, helpers, give_up)
+}
+
+/// Blocks freed while a live scan ran were in use when it began, and what
+/// they pointed to may since have moved into memory the scan had already
+/// read: `head = n->next; free(n)` after the scan copied `head` (still `n`)
+/// and before it looked `n` up, leaves the rest of the list reachable only
+/// through `n`. So their contents count as roots, as the new blocks' do.
+/// One pass; the quarantine keeps them readable until the scan ends. A
+/// block's first word is the quarantine's link (another deferred block,
+/// never a tracked one); the pages of big blocks were given back (only
+/// the first is left). Returns false if the drain gave up.
+fn gray_freed_blocks(
+    marker: &mut Marker<'_, MmapBacking, ExtentOf>,
+    helpers: usize,
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> bool {
+    quarantine::for_each_deferred(|p| {
+        // SAFETY: a deferred block is a live glibc block until the
+        // quarantine ends, after this check.
+        let usable = unsafe { real::usable_size(p as *const u8) };
+        let len = if usable > quarantine::DISCARD_FROM {
+            PAGE
+        } else {
+            usable
+        };
+        if len > 8 {
+            // SAFETY: as above; [p, p + len) lies inside the block.
+            unsafe { marker.scan_range(p + 8, len - 8) };
         }
     });
     drain(marker, helpers, give_up)
