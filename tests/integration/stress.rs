@@ -302,7 +302,8 @@ fn everything_at_once_under_scans_every_50ms() {
     );
 
     // What ran: every kind of activity, signals inside allocations, the
-    // quarantine, and scans all along.
+    // quarantine, and scans all along (at least one per 2 s: 16 busy
+    // threads starve the scanner thread on a loaded machine).
     for key in [
         "forks",
         "execs",
@@ -318,7 +319,7 @@ fn everything_at_once_under_scans_every_50ms() {
         assert!(field(&done, key) > 0, "no {key}: {done}");
     }
     assert!(
-        s.max_scans as f64 >= seconds,
+        s.max_scans as f64 >= seconds / 2.0,
         "only {} scans in {seconds} s",
         s.max_scans
     );

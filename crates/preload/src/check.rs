@@ -31,7 +31,9 @@
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left (blocks marked `no_scan` are
 //!    marked but not scanned), on `scan_threads` markers: this thread and
-//!    helpers made before step 2 ([`markers`]);
+//!    helpers made before step 2 ([`markers`]); then gray the blocks
+//!    allocated during the check, and in live mode the contents of blocks
+//!    freed during it, and scan again;
 //! 5. classify what stayed white into direct and indirect leaks, excusing
 //!    blocks allocated while the check ran (kmemleak: they count as
 //!    referenced), blocks annotated as not leaks, what the caller excuses,
