@@ -437,3 +437,20 @@ fn a_list_losing_its_head_during_scans_is_not_reported() {
     assert!(stdout.starts_with("pops "), "{stdout}");
     assert_eq!(report.summary.leaked_blocks, 0, "{}", report.to_json());
 }
+
+/// Regression: the remembered stacks of exited threads stayed excluded
+/// from the roots after glibc unmapped them, so memory the program mapped
+/// there later was never scanned (a block kept only there was reported).
+/// A remembered stack now counts only while its thread descriptor is in
+/// place.
+#[test]
+fn memory_mapped_where_an_exited_thread_stack_was_is_scanned() {
+    let (code, stdout, report) = run_within(
+        "stress_mapping_over_dead_stack",
+        "stress_mapping_over_dead_stack.c",
+        "scan_interval=0",
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report.summary.leaked_blocks, 0, "{}", report.to_json());
+}
