@@ -17,9 +17,9 @@ use leakscan_core::report::{LeakKind, Report, Trigger};
 use crate::harness::{agent_library, build, leakscan, workdir, Spec};
 
 /// A fixture started with the agent preloaded; killed if the test fails.
-struct Live {
-    child: Child,
-    reports: PathBuf,
+pub(crate) struct Live {
+    pub(crate) child: Child,
+    pub(crate) reports: PathBuf,
 }
 
 impl Drop for Live {
@@ -30,7 +30,7 @@ impl Drop for Live {
 }
 
 impl Live {
-    fn start(dir: &Path, binary: &Path, args: &[&str], options: &str) -> Live {
+    pub(crate) fn start(dir: &Path, binary: &Path, args: &[&str], options: &str) -> Live {
         let reports = dir.join("reports");
         let child = Command::new(binary)
             .args(args)
@@ -48,12 +48,12 @@ impl Live {
         Live { child, reports }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// `leakscan ARGS…` against this process's report directory.
-    fn leakscan(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn leakscan(&self, args: &[&str]) -> (i32, String, String) {
         let out = leakscan()
             .env(
                 "LEAKSCAN_OPTIONS",
@@ -84,7 +84,7 @@ impl Live {
     }
 
     /// Wait until the agent answers on its socket.
-    fn wait_for_socket(&self) {
+    pub(crate) fn wait_for_socket(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let answered = UnixStream::connect(self.socket()).is_ok_and(|mut s| {
@@ -149,7 +149,7 @@ fn addresses(report: &Report) -> BTreeSet<u64> {
         .collect()
 }
 
-fn parse_report(json: &str) -> Report {
+pub(crate) fn parse_report(json: &str) -> Report {
     Report::from_json(json).unwrap_or_else(|e| panic!("not a report ({e}):\n{json}"))
 }
 

@@ -31,5 +31,6 @@ mod reliability;
 mod report;
 mod sarif;
 mod security;
+mod stress;
 mod suppressions;
 mod symbolize;

@@ -23,6 +23,19 @@ pub fn pthread_self() -> usize {
     unsafe { libc::pthread_self() as usize }
 }
 
+/// Whether a thread descriptor (glibc's `struct pthread`, whose first words
+/// are the TCB header) still lies at `tp`: glibc sets the header's `tcb`
+/// (word 0) and `self` (word 2) to the descriptor's own address, and keeps
+/// them while the stack waits in its cache. Memory that was unmapped, or
+/// mapped again for something else, almost never holds its own address
+/// twice there. Read with `process_vm_readv`: `tp` may be unmapped.
+pub fn is_thread_descriptor(tp: usize) -> bool {
+    let mut words = [0usize; 3];
+    // SAFETY: a [usize; 3] viewed as its 24 bytes.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, 24) };
+    tp != 0 && crate::sys::read_self(tp, bytes) == 24 && words[0] == tp && words[2] == tp
+}
+
 /// `[low, high)` of the calling thread's stack. Allocates inside glibc.
 pub fn current_stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: attr is initialised by pthread_getattr_np before use and
@@ -231,6 +244,36 @@ pub unsafe fn spawn_internal(
     }
 }
 
+/// The calling thread's signal mask as it was before
+/// [`block_program_signals`]; dropping it restores that mask.
+pub struct SavedSignalMask(libc::sigset_t);
+
+/// Block every signal but the stop signal on the calling thread, until the
+/// returned value is dropped: for leakscan's work on a program thread at a
+/// point where the program believes it is in no libc call (its handlers
+/// may then call malloc), while that work is inside glibc's allocator. The
+/// stop signal stays deliverable: its handler only touches atomics, and an
+/// exact check must never wait for this thread.
+pub fn block_program_signals() -> SavedSignalMask {
+    // SAFETY: both sets are initialised before use; pthread_sigmask only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut block: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut block);
+        libc::sigdelset(&mut block, STOP_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+        SavedSignalMask(old)
+    }
+}
+
+impl Drop for SavedSignalMask {
+    fn drop(&mut self) {
+        // SAFETY: self.0 is a mask pthread_sigmask filled in.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, core::ptr::null_mut()) };
+    }
+}
+
 /// CPUs this process may run on (its affinity mask), at least 1. Does not
 /// allocate.
 pub fn cpu_count() -> usize {
@@ -242,5 +285,23 @@ pub fn cpu_count() -> usize {
             return 1;
         }
         (libc::CPU_COUNT(&set) as usize).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_calling_thread_has_a_descriptor_and_other_memory_does_not() {
+        assert!(is_thread_descriptor(pthread_self()));
+        let other = std::thread::spawn(pthread_self).join().unwrap();
+        // Its stack went to glibc's cache with the descriptor in place, or
+        // was unmapped: either answer is allowed, but the call must not fault.
+        let _ = is_thread_descriptor(other);
+        let fake = [0usize; 8];
+        assert!(!is_thread_descriptor(fake.as_ptr() as usize));
+        assert!(!is_thread_descriptor(0));
+        assert!(!is_thread_descriptor(8));
     }
 }

@@ -33,7 +33,9 @@
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left (blocks marked `no_scan` are
 //!    marked but not scanned), on `scan_threads` markers: this thread and
-//!    helpers made before step 2 ([`markers`]);
+//!    helpers made before step 2 ([`markers`]); then gray the blocks
+//!    allocated during the check, and in live mode the contents of blocks
+//!    freed during it, and scan again;
 //! 5. classify what stayed white into direct and indirect leaks, excusing
 //!    blocks allocated while the check ran (kmemleak: they count as
 //!    referenced), blocks annotated as not leaks, what the caller excuses,
@@ -60,7 +62,7 @@ use crate::annotations;
 use crate::guard::Guard;
 use crate::markers;
 use crate::quarantine;
-use crate::state::{CURBRK, INDEX, OWN_BASE, SCAN_GEN};
+use crate::state::{CURBRK, INDEX, LOADER_GATE, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, Slot, GHOST, LIVE, SLOTS};
 use crate::trailer::{self, Trailer};
@@ -190,6 +192,7 @@ pub fn run(g: &Guard, mode: Mode, excused: &dyn Fn(usize, &Trailer) -> bool) -> 
     let helpers = markers::prepare(g);
     match mode {
         Mode::Exact { .. } => {
+            let _gate = LOADER_GATE.enter();
             let mut ran = false;
             modules::for_each_module(|_| {
                 ran = true;
@@ -236,7 +239,10 @@ fn check_locked(
     let generation = SCAN_GEN.fetch_add(1, Ordering::AcqRel).wrapping_add(1) as u16;
     // Live mode: the module list is taken first, under the loader lock
     // and without the quarantine, so dlopen never waits on a scan.
-    let segments = module_segments();
+    let segments = {
+        let _gate = LOADER_GATE.enter();
+        module_segments()
+    };
     let regions = annotations::root_regions();
     quarantine::begin();
     let stop = match mode {
@@ -267,10 +273,11 @@ fn check_locked(
     roots.registered_regions(regions.as_slice());
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
+    let live = matches!(mode, Mode::Live { .. });
     let drained = roots_done
         && drain(&mut marker, helpers, &give_up)
-        && gray_new_blocks(&mut marker, generation, helpers, &give_up);
-    let live = matches!(mode, Mode::Live { .. });
+        && gray_new_blocks(&mut marker, generation, helpers, &give_up)
+        && (!live || gray_freed_blocks(&mut marker, helpers, &give_up));
     let mut recorded_all = true;
     let is_excused = |start: usize| {
         let t = live_trailer(start);
@@ -347,6 +354,37 @@ fn gray_new_blocks(
     INDEX.for_each_block(|start| {
         if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
             marker.gray_block(start);
+        }
+    });
+    drain(marker, helpers, give_up)
+}
+
+/// Blocks freed while a live scan ran were in use when it began, and what
+/// they pointed to may since have moved into memory the scan had already
+/// read: `head = n->next; free(n)` after the scan copied `head` (still `n`)
+/// and before it looked `n` up, leaves the rest of the list reachable only
+/// through `n`. So their contents count as roots, as the new blocks' do.
+/// One pass; the quarantine keeps them readable until the scan ends. A
+/// block's first word is the quarantine's link (another deferred block,
+/// never a tracked one); the pages of big blocks were given back (only
+/// the first is left). Returns false if the drain gave up.
+fn gray_freed_blocks(
+    marker: &mut Marker<'_, MmapBacking, ExtentOf>,
+    helpers: usize,
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> bool {
+    quarantine::for_each_deferred(|p| {
+        // SAFETY: a deferred block is a live glibc block until the
+        // quarantine ends, after this check.
+        let usable = unsafe { real::usable_size(p as *const u8) };
+        let len = if usable > quarantine::DISCARD_FROM {
+            PAGE
+        } else {
+            usable
+        };
+        if len > 8 {
+            // SAFETY: as above; [p, p + len) lies inside the block.
+            unsafe { marker.scan_range(p + 8, len - 8) };
         }
     });
     drain(marker, helpers, give_up)
@@ -511,7 +549,11 @@ impl Roots<'_, '_> {
     }
 
     /// Exited threads: their stacks are excluded (stale frames), their TCBs
-    /// are roots (glibc reuses the DTV).
+    /// are roots (glibc reuses the DTV). Only while the thread descriptor
+    /// is still there: glibc unmaps cached stacks beyond its cache size, and
+    /// the range may then hold anything — another thread's stack mapped at
+    /// another offset, whose descriptor (and DTV pointer) lies elsewhere,
+    /// or the program's own mapping — which must be scanned as such.
     fn dead_threads(&mut self) {
         let tls = threads::tls_geometry();
         let mut dead = ScratchVec::<(usize, usize, usize)>::new();
@@ -519,6 +561,9 @@ impl Roots<'_, '_> {
             dead.push((lo, hi, tp));
         });
         for &(lo, hi, tp) in dead.as_slice() {
+            if !pt::is_thread_descriptor(tp) {
+                continue;
+            }
             self.excluded.push((lo, hi));
             if let Some((_, tcb_size)) = tls {
                 self.copied(tp, tp + tcb_size);

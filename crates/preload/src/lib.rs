@@ -139,7 +139,7 @@ extern "C" fn init() {
         Ordering::Relaxed,
     );
     threads::register_current(&g);
-    sys::at_fork(None, None, Some(in_fork_child));
+    sys::at_fork(Some(before_fork), Some(in_fork_parent), Some(in_fork_child));
     sys::at_exit(at_exit);
     scanner::start(&g);
 }
@@ -157,7 +157,18 @@ fn malloc_is_ours() -> bool {
     global == 0 || lo == hi || (lo <= global && global < hi)
 }
 
+/// No leakscan thread may hold the loader's write lock when the process
+/// forks (see [`state::LoaderGate`]).
+unsafe extern "C" fn before_fork() {
+    state::LOADER_GATE.hold_for_fork();
+}
+
+unsafe extern "C" fn in_fork_parent() {
+    state::LOADER_GATE.release_after_fork();
+}
+
 unsafe extern "C" fn in_fork_child() {
+    state::LOADER_GATE.reset();
     threads::after_fork_in_child();
     quarantine::after_fork_in_child();
     annotations::after_fork_in_child();

@@ -46,7 +46,7 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Head of the list of deferred blocks (0 = empty).
 static HEAD: AtomicUsize = AtomicUsize::new(0);
 /// Blocks larger than this have their pages discarded when deferred.
-const DISCARD_FROM: usize = 64 * 1024;
+pub const DISCARD_FROM: usize = 64 * 1024;
 
 /// Blocks and bytes deferred since the last [`begin`]: a live scan whose
 /// quarantine outgrows its budget gives up (`check::Mode::Live`).

@@ -21,7 +21,7 @@ use leakscan_core::suppress::{self, Suppressions};
 use leakscan_platform::{modules, sys};
 
 use crate::check::{CheckResult, LeakRecord};
-use crate::state::{options, DEPOT};
+use crate::state::{options, DEPOT, LOADER_GATE};
 
 /// The `suppressions=` file, read once, at the first report. A file that
 /// cannot be read or parsed is reported in one line and ignored: the
@@ -128,6 +128,8 @@ pub fn process_info() -> Process {
 
 /// The frames of depot stack `id`, described (and symbolized if asked).
 pub fn stack_frames(id: u32, symbolize: bool) -> Vec<Frame> {
+    // Module walks and symbolization take the loader's lock.
+    let _gate = LOADER_GATE.enter();
     let modules = snapshot_modules(&exe_path());
     DEPOT
         .frames(id)
@@ -169,6 +171,8 @@ pub fn build(
             .push(*leak);
     }
     let exe = exe_path();
+    // Module walks and symbolization take the loader's lock.
+    let _gate = LOADER_GATE.enter();
     let modules = snapshot_modules(&exe);
     let mut summary = Summary::default();
     let leaks: Vec<LeakGroup> = groups

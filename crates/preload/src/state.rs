@@ -94,3 +94,72 @@ impl Drop for ScanLockHeld {
 /// Checks run so far (every kind), and their total time.
 pub static SCANS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 pub static SCAN_NS_TOTAL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Held by leakscan while it may hold the loader's write lock
+/// (`dl_iterate_phdr`, symbolization), and by `fork` from its prepare
+/// handler to its return. glibc's fork resets the loader's main lock in
+/// the child, not the write lock `dl_iterate_phdr` takes: a child forked
+/// while the scanner thread walked the modules inherited that lock held by
+/// a thread that does not exist there, and its exit check waited for it
+/// forever. So fork waits for a walk in progress (microseconds; a report's
+/// symbolization at most), and no walk starts until the fork is done.
+/// Recursive per thread: the exact check walks the modules inside its own
+/// walk. A futex word (the owner's tid, 0 when free), reset in the child.
+pub struct LoaderGate {
+    owner: core::sync::atomic::AtomicU32,
+    /// Entries by the owner; only the owner changes it.
+    depth: core::sync::atomic::AtomicU32,
+}
+
+pub static LOADER_GATE: LoaderGate = LoaderGate {
+    owner: core::sync::atomic::AtomicU32::new(0),
+    depth: core::sync::atomic::AtomicU32::new(0),
+};
+
+/// Holding the loader gate.
+pub struct LoaderGateHeld(());
+
+impl LoaderGate {
+    pub fn enter(&self) -> LoaderGateHeld {
+        let me = sys::gettid() as u32;
+        if self.owner.load(Ordering::Acquire) != me {
+            while let Err(owner) =
+                self.owner
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                sys::futex_wait(&self.owner, owner, 100);
+            }
+        }
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        LoaderGateHeld(())
+    }
+
+    fn leave(&self) {
+        if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.owner.store(0, Ordering::Release);
+            sys::futex_wake_all(&self.owner);
+        }
+    }
+
+    /// `fork`'s prepare handler: wait for a walk in progress, block new ones.
+    pub fn hold_for_fork(&self) {
+        core::mem::forget(self.enter());
+    }
+
+    /// `fork`'s parent handler.
+    pub fn release_after_fork(&self) {
+        self.leave();
+    }
+
+    /// In a fork child: the holder was the forking thread of the parent.
+    pub fn reset(&self) {
+        self.depth.store(0, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for LoaderGateHeld {
+    fn drop(&mut self) {
+        LOADER_GATE.leave();
+    }
+}

@@ -213,6 +213,13 @@ struct StartInfo {
 }
 
 extern "C" fn trampoline(info: *mut c_void) -> *mut c_void {
+    // The program's start routine has not begun, so by the program's
+    // lights this thread is in no libc call and its signal handlers may
+    // call malloc here. Our work below does call glibc's allocator (free,
+    // pthread_getattr_np): a handler allocating while it holds an arena
+    // lock would deadlock the thread on itself. The program's signals wait
+    // until we are done (they stay pending, none is lost).
+    let program_mask = pt::block_program_signals();
     // SAFETY: `info` is the StartInfo our pthread_create wrote for this
     // thread; we own it now and free it once read.
     let StartInfo { start, arg } = unsafe { (info as *mut StartInfo).read() };
@@ -221,6 +228,7 @@ extern "C" fn trampoline(info: *mut c_void) -> *mut c_void {
     if let Some(g) = Guard::enter() {
         register_current(&g);
     }
+    drop(program_mask);
     start(arg)
 }
 
