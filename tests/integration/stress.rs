@@ -264,24 +264,45 @@ fn everything_at_once_under_scans_every_50ms() {
     assert_eq!(code, 0, "{status:?}: {}", status_meaning(code));
     let elapsed = started.elapsed();
 
-    // The exit report of the program and the report of every child that
-    // exited (or exec'd a program that did): all clean.
+    // The exit report of the program: clean. Every child that exited (or
+    // exec'd a program that did) reported at exit, and what a child frees
+    // before it exits can never be reported; what it may report is
+    // inherited. In a fork child the other threads do not exist: their
+    // stacks and TLS are still scanned (leakscan keeps them as ghosts), but
+    // a block one of them held only in a register at the instant of fork
+    // (a pointer popped from the cross-thread queue, a realloc's result not
+    // yet stored) is unreachable there, for leakscan as for LeakSanitizer.
+    // So a child may report a few such blocks, never the structures the
+    // workers keep on their stacks and in globals: losing those (a ghost
+    // stack or TLS not scanned) would report hundreds.
+    const IN_FLIGHT_BOUND: u64 = 4 * THREADS as u64;
     let all = reports(&s.live.reports);
     let main = all
         .iter()
         .find(|(p, _)| *p == s.report)
         .unwrap_or_else(|| panic!("no exit report at {}", s.report.display()));
     assert_eq!(main.1.scan.trigger, Trigger::Exit);
+    assert_eq!(
+        main.1.summary.leaked_blocks,
+        0,
+        "false positive in {}:\n{}",
+        main.0.display(),
+        main.1.to_json()
+    );
+    let mut in_flight = 0;
     for (path, report) in &all {
-        assert_eq!(
-            report.summary.leaked_blocks,
-            0,
-            "false positive in {}:\n{}",
+        assert_eq!(report.scan.trigger, Trigger::Exit, "{}", path.display());
+        assert!(
+            report.summary.leaked_blocks <= IN_FLIGHT_BOUND,
+            "a fork child lost more than blocks in flight in {}:\n{}",
             path.display(),
             report.to_json()
         );
-        assert_eq!(report.scan.trigger, Trigger::Exit, "{}", path.display());
+        in_flight += report.summary.leaked_blocks;
     }
+    table.push(format!(
+        "blocks in flight in vanished threads, reported by fork children: {in_flight}"
+    ));
     // Kinds 0 and 3 exit, kind 2 execs a program that exits; kind 1
     // `_exit`s (no report). Pids may be reused over a run: compare sets.
     let expected: BTreeSet<u32> = fs::read_to_string(&child_log)

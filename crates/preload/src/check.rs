@@ -65,7 +65,7 @@ use crate::quarantine;
 use crate::state::{CURBRK, INDEX, LOADER_GATE, OWN_BASE, SCAN_GEN};
 use crate::stop;
 use crate::threads::{self, Slot, GHOST, LIVE, SLOTS};
-use crate::trailer::{self, Trailer};
+use crate::trailer::{self, Trailer, TRAILER};
 
 /// A growable buffer in leakscan's own mappings: usable while other threads
 /// are stopped holding malloc's locks.
@@ -364,10 +364,10 @@ fn gray_new_blocks(
 /// read: `head = n->next; free(n)` after the scan copied `head` (still `n`)
 /// and before it looked `n` up, leaves the rest of the list reachable only
 /// through `n`. So their contents count as roots, as the new blocks' do.
-/// One pass; the quarantine keeps them readable until the scan ends. A
-/// block's first word is the quarantine's link (another deferred block,
-/// never a tracked one); the pages of big blocks were given back (only
-/// the first is left). Returns false if the drain gave up.
+/// One pass; the quarantine keeps them readable until the scan ends, with
+/// their contents intact (its link is in the trailer, which is not read);
+/// the middle pages of big blocks were given back (only the first page is
+/// read). Returns false if the drain gave up.
 fn gray_freed_blocks(
     marker: &mut Marker<'_, MmapBacking, ExtentOf>,
     helpers: usize,
@@ -377,15 +377,15 @@ fn gray_freed_blocks(
         // SAFETY: a deferred block is a live glibc block until the
         // quarantine ends, after this check.
         let usable = unsafe { real::usable_size(p as *const u8) };
+        // The program's bytes end at the trailer; a big block kept only its
+        // first page (see quarantine::defer).
         let len = if usable > quarantine::DISCARD_FROM {
             PAGE
         } else {
-            usable
+            usable.saturating_sub(TRAILER)
         };
-        if len > 8 {
-            // SAFETY: as above; [p, p + len) lies inside the block.
-            unsafe { marker.scan_range(p + 8, len - 8) };
-        }
+        // SAFETY: as above; [p, p + len) lies inside the block.
+        unsafe { marker.scan_range(p, len) };
     });
     drain(marker, helpers, give_up)
 }

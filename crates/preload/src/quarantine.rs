@@ -32,7 +32,11 @@
 //! free path pays one load (on x86 the RMW is the `lock and` it always was
 //! and a SeqCst load is a plain load).
 //!
-//! The list links blocks through their first word. A free that saw ACTIVE
+//! The list links blocks through the last word of their trailer (the
+//! stack id and time, which a freed block no longer needs), so a deferred
+//! block's own contents stay as the program left them: a live scan still
+//! reads them (`check::gray_freed_blocks`) for pointers the program moved
+//! out of the block just before freeing it. A free that saw ACTIVE
 //! just before [`end`] cleared it may push after `end` took the list: its
 //! block simply waits in the next list (released by the next scan's end),
 //! which is harmless; no block is ever released while a scan that could
@@ -41,6 +45,8 @@
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
 use leakscan_platform::real;
+
+use crate::trailer::TRAILER;
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Head of the list of deferred blocks (0 = empty).
@@ -60,11 +66,22 @@ pub fn deferring() -> bool {
     ACTIVE.load(Ordering::SeqCst)
 }
 
-/// Keep `p` (a block already unlinked from the index) until the scan ends.
+/// Where a deferred block keeps its link: the last word of its trailer
+/// (8-aligned: glibc's usable sizes are 8 mod 16 past a 16-aligned pointer).
 ///
 /// # Safety
-/// `p` is a live glibc block with at least 8 usable bytes that nobody else
-/// will use or free.
+/// `p` is a live glibc block that carried a trailer.
+unsafe fn link(p: usize) -> *mut usize {
+    // SAFETY: per the contract the chunk header is readable.
+    (p + unsafe { real::usable_size(p as *const u8) } - 8) as *mut usize
+}
+
+/// Keep `p` (a tracked block already unlinked from the index) until the
+/// scan ends.
+///
+/// # Safety
+/// `p` is a live glibc block with a trailer that nobody else will use or
+/// free.
 pub unsafe fn defer(p: *mut u8) {
     crate::state::INDEX.unmark(p as usize);
     DEFERRED_BLOCKS.fetch_add(1, Ordering::Relaxed);
@@ -74,19 +91,24 @@ pub unsafe fn defer(p: *mut u8) {
         // A big block must stay allocated (mapped, for an mmapped chunk)
         // while the scanner may read it, but its pages can go back to the
         // kernel now, as glibc's own malloc_trim does for free chunks. The
-        // first page keeps the chunk header and our link; the discarded
-        // pages lie inside the block, never on the next chunk's header.
-        // SAFETY: the block is ours alone; its contents are dead.
-        unsafe { leakscan_platform::mem::discard(p as usize + 4096, size - 4096) };
-        4096 + size % 4096
+        // first page (the chunk header and what a scan of a freed block
+        // reads) and the last (the trailer with our link) stay; the
+        // discarded pages lie inside the block, never on a chunk header.
+        let keep_tail = size - TRAILER;
+        // SAFETY: the block is ours alone; the discarded range lies inside
+        // it, between its first page and its trailer.
+        unsafe { leakscan_platform::mem::discard(p as usize + 4096, keep_tail - 4096) };
+        4096 + 4096 + size % 4096
     } else {
         size
     };
     DEFERRED_BYTES.fetch_add(held, Ordering::Relaxed);
+    // SAFETY: p carried a trailer.
+    let link = unsafe { link(p as usize) };
     let mut head = HEAD.load(Ordering::Relaxed);
     loop {
-        // SAFETY: p is ours and has room for the link.
-        unsafe { (p as *mut usize).write(head) };
+        // SAFETY: the trailer's last word is ours now.
+        unsafe { link.write(head) };
         match HEAD.compare_exchange_weak(head, p as usize, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => head = now,
@@ -110,9 +132,9 @@ pub fn for_each_deferred(mut f: impl FnMut(usize)) {
     let mut p = HEAD.load(Ordering::Acquire);
     while p != 0 {
         f(p);
-        // SAFETY: a listed block holds its link in its first word and stays
+        // SAFETY: a listed block holds its link in its trailer and stays
         // listed (and live) until `end`, which the caller does not overlap.
-        p = unsafe { (p as *const usize).read() };
+        p = unsafe { link(p).read() };
     }
 }
 
@@ -136,9 +158,9 @@ pub fn end(release: bool) {
     }
     let mut p = HEAD.swap(0, Ordering::AcqRel);
     while p != 0 {
-        // SAFETY: a listed block holds its link in its first word; taking
-        // the list made its blocks ours alone.
-        let next = unsafe { (p as *const usize).read() };
+        // SAFETY: a listed block holds its link in its trailer; taking the
+        // list made its blocks ours alone.
+        let next = unsafe { link(p).read() };
         // SAFETY: a deferred block is a live glibc block nobody else uses.
         unsafe { real::free(p as *mut u8) };
         p = next;
