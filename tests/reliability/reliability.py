@@ -15,8 +15,8 @@ fresh directory so paths match. For each program it checks:
   while running and then freed or found referenced is a false positive),
   and every process's leaks at exit must be confirmed by valgrind on the
   same workload (valgrind finds at least as many definitely + indirectly
-  lost blocks and bytes in the same executable), or carry a manual verdict
-  from verdicts.txt next to this file.
+  lost blocks and bytes in the same executable, up to CONFIRM_SLACK), or
+  carry a manual verdict from verdicts.txt next to this file.
 
 It prints a markdown table and exits 1 when any check fails (2 on a usage
 or setup error). `--quick` is the bounded CI variant; the default is the
@@ -615,12 +615,27 @@ def check(program, args, work, result, iteration):
         if iteration > 0 and exe in result.confirmed:
             continue
         v = vg.get(exe)
-        if v and blocks <= v[0] and size <= v[1]:
+        if v and within_slack(blocks, v[0], 2) and within_slack(size, v[1], 64):
             result.confirmed.add(exe)
             result.verdicts.append(f"{exe}: {blocks} blocks/{size} B, valgrind {v[0]}/{v[1]}")
         else:
             result.fail(f"{tag}{exe} leaks {blocks} blocks ({size} bytes) that valgrind does not"
                         f" confirm (valgrind: {v}); add a verdict to verdicts.txt only with proof")
+
+
+# Both tools scan conservatively, and under valgrind the heap has other
+# addresses: a stale value in dead memory that happens to equal a block's
+# address keeps that block "reachable" in one run and not in the other. So
+# the counts of a program that leaks hundreds of blocks at exit (ld.bfd:
+# 379 or 381 in runs of the same link) differ by a few either way. A
+# count up to 1% (and 2 blocks) over valgrind's still counts as confirmed;
+# a false positive of leakscan's own (a block it cannot see as referenced
+# in a structure) shows up as far more, in every run.
+CONFIRM_SLACK = 0.01
+
+
+def within_slack(ours, theirs, floor):
+    return ours <= theirs + max(floor, theirs * CONFIRM_SLACK)
 
 
 def run_valgrind(program, args, work):

@@ -288,13 +288,19 @@ impl Conn {
 }
 
 impl Conn {
-    /// Read and drop what the peer has already sent and we did not read
-    /// (the rest of an over-long request, bytes after the request line),
-    /// at most `max` bytes and without waiting. Closing a Unix socket with
-    /// unread data makes the peer's next read fail with ECONNRESET instead
-    /// of seeing the end of the reply; after this, a client that sent too
-    /// much still reads our error reply and a clean end of file.
-    pub fn discard_pending(&self, max: usize) {
+    /// Read and drop what the peer sent and we did not read (the rest of
+    /// an over-long request, bytes after the request line): at most `max`
+    /// bytes, until the peer's end of file; once bytes were there (the
+    /// peer is still writing), waiting at most `wait_ms` in all for more,
+    /// but never for a peer that sent nothing more (it is waiting for our
+    /// end of file). Closing a Unix socket with unread
+    /// data makes the peer's next read fail with ECONNRESET instead of
+    /// seeing the end of the reply, and closing while the peer still
+    /// writes gives it EPIPE; after this, a client that sent too much
+    /// still finishes its write and reads our error reply and a clean end
+    /// of file.
+    pub fn discard_pending(&self, max: usize, wait_ms: i32) {
+        let deadline = crate::sys::monotonic_ns() + wait_ms.max(0) as u64 * 1_000_000;
         let mut sink = [0u8; 4096];
         let mut left = max;
         while left > 0 {
@@ -307,13 +313,27 @@ impl Conn {
                     sink.len().min(left),
                 )
             };
-            if n <= 0 {
-                if n < 0 && crate::sys::errno() == libc::EINTR {
-                    continue;
-                }
+            if n > 0 {
+                left -= n as usize;
+                continue;
+            }
+            if n == 0 {
                 return;
             }
-            left -= n as usize;
+            match crate::sys::errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    let now = crate::sys::monotonic_ns();
+                    if left == max || now >= deadline {
+                        return;
+                    }
+                    let ms = (deadline - now).div_ceil(1_000_000) as i32;
+                    if !wait_for(self.fd, libc::POLLIN, ms) {
+                        return;
+                    }
+                }
+                _ => return,
+            }
         }
     }
 }

@@ -64,6 +64,8 @@ const CLIENT_TIMEOUT_MS: i32 = 2000;
 /// Unread bytes a client may leave behind and still see a clean end of
 /// the reply (a Unix socket's default send buffer is 208 KiB).
 const MAX_DISCARD: usize = 256 << 10;
+/// How long the scanner waits for the rest of such bytes to arrive.
+const DISCARD_WAIT_MS: i32 = 500;
 /// A live scan gives up when the frees it holds back exceed the process's
 /// resident size when it started (or `MIN_QUARANTINE_BUDGET`, whichever is
 /// larger): a scan may at most double the program's memory while it runs,
@@ -416,7 +418,7 @@ impl Scanner {
             }
         };
         let _ = conn.send_all(reply.to_line().as_bytes(), CLIENT_TIMEOUT_MS);
-        conn.discard_pending(MAX_DISCARD);
+        conn.discard_pending(MAX_DISCARD, DISCARD_WAIT_MS);
     }
 }
 
