@@ -145,6 +145,18 @@ pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
     }
 }
 
+/// Whether the page at `addr` may be read: resident, or its state unknown
+/// (`mincore` failed for another reason than an unmapped page). False for
+/// a page no mapping covers, or one never touched.
+pub fn page_worth_reading(addr: usize) -> bool {
+    let mut flag = [0u8];
+    if resident_pages(addr, &mut flag) {
+        flag[0] & 1 != 0
+    } else {
+        crate::sys::errno() != libc::ENOMEM
+    }
+}
+
 /// Give the pages of `[start, start + len)` back to the kernel, keeping
 /// the range mapped (`MADV_DONTNEED`: later reads see zeros). For a
 /// program block that must stay mapped but whose contents no longer

@@ -580,7 +580,15 @@ impl Roots<'_, '_> {
         while page < hi {
             let n = ((hi - page).div_ceil(PAGE)).min(BATCH);
             if !mem::resident_pages(page, &mut flags[..n]) {
-                self.copied(page.max(lo), (page + n * PAGE).min(hi));
+                // Part of the batch is not mapped: the main thread's stack
+                // below its mapping (the kernel grows it on a fault, and
+                // warns when a remote read would). Page by page, then.
+                for k in 0..n {
+                    let p = page + k * PAGE;
+                    if mem::page_worth_reading(p) {
+                        self.copied(p.max(lo), (p + PAGE).min(hi));
+                    }
+                }
                 page += n * PAGE;
                 continue;
             }
