@@ -544,13 +544,15 @@ impl<B: Backing> PageMap<B> {
     /// Forget the mark of a block that is going away while a scan runs, so a
     /// new block the allocator puts at the same address during that scan
     /// does not start out "reached" (it would then never be scanned).
-    pub fn unmark(&self, start: usize) {
+    /// Returns whether it was marked.
+    pub fn unmark(&self, start: usize) -> bool {
         if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
             let (w, bit) = Self::granule_bit(start);
             if node.marks[w].load(Ordering::Relaxed) & bit != 0 {
-                node.marks[w].fetch_and(!bit, Ordering::Relaxed);
+                return node.marks[w].fetch_and(!bit, Ordering::Relaxed) & bit != 0;
             }
         }
+        false
     }
 
     /// Whether the block starting at `start` is marked as reached.

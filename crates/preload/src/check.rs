@@ -364,6 +364,8 @@ fn gray_new_blocks(
 /// read: `head = n->next; free(n)` after the scan copied `head` (still `n`)
 /// and before it looked `n` up, leaves the rest of the list reachable only
 /// through `n`. So their contents count as roots, as the new blocks' do.
+/// Only those the scan had not reached when they were freed: the others
+/// are scanned from the gray stack, with the contents the program left.
 /// One pass; the quarantine keeps them readable until the scan ends, with
 /// their contents intact (its link is in the trailer, which is not read);
 /// the middle pages of big blocks were given back (only the first page is
@@ -374,8 +376,13 @@ fn gray_freed_blocks(
     give_up: &(dyn Fn() -> bool + Sync),
 ) -> bool {
     quarantine::for_each_deferred(|p| {
-        // SAFETY: a deferred block is a live glibc block until the
-        // quarantine ends, after this check.
+        // SAFETY: a deferred block is a live glibc block with its trailer
+        // until the quarantine ends, after this check.
+        if unsafe { trailer::read(p) }.flags & (trailer::REACHED | trailer::NO_SCAN) != 0 {
+            // Scanned from the gray stack (or never to be scanned).
+            return;
+        }
+        // SAFETY: as above.
         let usable = unsafe { real::usable_size(p as *const u8) };
         // The program's bytes end at the trailer; a big block kept only its
         // first page (see quarantine::defer).

@@ -83,11 +83,16 @@ unsafe fn link(p: usize) -> *mut usize {
 /// `p` is a live glibc block with a trailer that nobody else will use or
 /// free.
 pub unsafe fn defer(p: *mut u8) {
-    crate::state::INDEX.unmark(p as usize);
+    let reached = crate::state::INDEX.unmark(p as usize);
+    if reached {
+        // SAFETY: p is a tracked block with a written trailer, ours now.
+        unsafe { crate::trailer::add_flags(p as usize, crate::trailer::REACHED) };
+    }
     DEFERRED_BLOCKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: p is a live glibc block.
     let size = unsafe { real::usable_size(p) };
-    let held = if size > DISCARD_FROM {
+    // A reached block may still wait in a gray stack: its pages stay.
+    let held = if size > DISCARD_FROM && !reached {
         // A big block must stay allocated (mapped, for an mmapped chunk)
         // while the scanner may read it, but its pages can go back to the
         // kernel now, as glibc's own malloc_trim does for free chunks. The

@@ -33,6 +33,10 @@ const FLAGS_SHIFT: u32 = 44;
 pub const NOT_LEAK: u8 = 1;
 /// Its contents are never scanned for pointers (kmemleak's `no_scan`).
 pub const NO_SCAN: u8 = 2;
+/// Set on a block freed while a live scan ran that the scan had already
+/// reached: its contents are (or will be) scanned from the gray stack, so
+/// the pass over freed blocks skips it (`check::gray_freed_blocks`).
+pub const REACHED: u8 = 4;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Trailer {
