@@ -35,6 +35,17 @@ use leakscan_core::report::{Report, Summary, Trigger};
 /// How long a fixture may run, bare or under leakscan.
 pub const FIXTURE_TIME_LIMIT: Duration = Duration::from_secs(120);
 
+/// Held by the tests that keep both CPUs of a CI machine busy for tens of
+/// seconds (the 60 s churning server, the 8- and 16-thread stress tests,
+/// the real programs): they run one at a time, next to the light tests,
+/// so none of them starves the others' scanner threads and deadlines.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The built `leakscan` binary, with the caller's leakscan settings removed.
 /// Panics when the agent library is not next to it.
 pub fn leakscan() -> Command {

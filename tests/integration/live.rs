@@ -408,6 +408,7 @@ fn logged_leaks(log: &Path) -> BTreeMap<u64, f64> {
 
 #[test]
 fn a_churning_server_is_reported_exactly_and_in_time() {
+    let _heavy = crate::harness::heavy();
     const SECONDS: u64 = 60;
     const INTERVAL_MS: f64 = 1000.0;
     const MIN_AGE_MS: f64 = 2000.0;
@@ -518,6 +519,7 @@ fn realloc_keeps_the_usable_size_while_scans_defer_frees() {
 
 #[test]
 fn eight_threads_churning_under_scans_every_100ms() {
+    let _heavy = crate::harness::heavy();
     const SECONDS: u64 = 30;
     let dir = workdir("live_stress");
     let binary = build(&Spec::load("live_stress.c"), &dir);

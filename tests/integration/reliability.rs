@@ -20,6 +20,7 @@ const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn real_programs_under_periodic_scans() {
+    let _heavy = crate::harness::heavy();
     let dir = workdir("reliability");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reliability/reliability.py");
     let mut cmd = Command::new(find_program("python3"));

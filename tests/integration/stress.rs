@@ -198,6 +198,7 @@ fn reports(dir: &Path) -> Vec<(PathBuf, Report)> {
 
 #[test]
 fn everything_at_once_under_scans_every_50ms() {
+    let _heavy = crate::harness::heavy();
     let seconds = stress_seconds();
     let rounds = ((seconds - WARM_UP_SECONDS) / 10.0).round().max(2.0) as usize;
     let per_round = (seconds - WARM_UP_SECONDS) / rounds as f64;
