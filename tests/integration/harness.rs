@@ -450,6 +450,24 @@ fn contract_violations(report: &Report) -> Vec<String> {
 }
 
 /// `name` on PATH, or a panic saying how to install it.
+/// Every thread's stack of the (hung) process `pid`, from gdb, for a
+/// failure message: what a hang was waiting on.
+pub fn thread_backtraces(pid: u32) -> String {
+    let mut gdb = Command::new(find_program("gdb"));
+    gdb.args([
+        "-batch",
+        "-nx",
+        "-p",
+        &pid.to_string(),
+        "-ex",
+        "thread apply all bt",
+    ]);
+    match gdb.stdin(Stdio::null()).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(gdb could not run: {e})"),
+    }
+}
+
 pub fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use leakscan_core::report::{Report, Trigger};
 
-use crate::harness::{build, find_program, workdir, Spec};
+use crate::harness::{build, find_program, thread_backtraces, workdir, Spec};
 use crate::live::{parse_report, Live};
 
 const THREADS: usize = 16;
@@ -132,10 +132,13 @@ impl Stress {
             match self.lines.recv_timeout(Duration::from_millis(500)) {
                 Ok(line) => return line,
                 Err(RecvTimeoutError::Timeout) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "hang: no answer to `{what}` within {limit:?} (the program is killed)"
-                    );
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "hang: no answer to `{what}` within {limit:?} (the program is \
+                             killed); its threads:\n{}",
+                            thread_backtraces(self.live.pid())
+                        );
+                    }
                     self.watch();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
