@@ -6,8 +6,9 @@
 //! the vDSO on every `malloc`: about 2.5 ns of a ~40 ns malloc+free pair
 //! under leakscan (measured by taking it out, docs/performance.md). The
 //! stamp only needs to be good to a fraction of `min_age` (seconds), so the
-//! scanner thread, which wakes every [`TICK_MS`] anyway to poll its socket,
-//! publishes the coarse time in one word and the hooks read that word.
+//! scanner thread, which waits on its socket between scans anyway, wakes at
+//! least every [`TICK_MS`] to publish the coarse time in one word, and the
+//! hooks read that word.
 //!
 //! ## What a stamp promises
 //!
@@ -17,15 +18,16 @@
 //! progress makes a gap as long as the scan) is what a live scan adds to
 //! `min_age`, so a block is never reported younger than `min_age`; reported
 //! ages may be over by that much. Without a ticking scanner thread (none
-//! configured, it could not start, a fork child before its own starts, the
-//! process exiting), the hooks read the real clock.
+//! configured, it could not start, the process exiting), the hooks read the
+//! real clock. A fork child stamps with its parent's last tick until its
+//! own scanner's first tick, which counts that gap like any other.
 //!
 //! ## Who writes what
 //!
 //! Only [`tick`] writes the clock words; it runs on the scanner thread (one
 //! per process), or in `scanner::start` just before that thread exists. The
-//! hooks only load them, Relaxed: a stale value is an
-//! older stamp, which the slack already allows for.
+//! hooks only load them, Relaxed: a stale value is an older stamp, which
+//! the slack already allows for.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
