@@ -145,6 +145,22 @@ pub fn resident_pages(start: usize, out: &mut [u8]) -> bool {
     }
 }
 
+/// Whether every page of `[lo, hi)` is mapped (`mincore` fails with ENOMEM
+/// on a range with a hole; protection does not matter).
+pub fn fully_mapped(lo: usize, hi: usize) -> bool {
+    const BATCH: usize = 256;
+    let mut flags = [0u8; BATCH];
+    let mut page = lo & !4095;
+    while page < hi {
+        let n = (hi - page).div_ceil(4096).min(BATCH);
+        if !resident_pages(page, &mut flags[..n]) && crate::sys::errno() == libc::ENOMEM {
+            return false;
+        }
+        page += n * 4096;
+    }
+    true
+}
+
 /// Whether the page at `addr` may be read: resident, or its state unknown
 /// (`mincore` failed for another reason than an unmapped page). False for
 /// a page no mapping covers, or one never touched.

@@ -556,11 +556,12 @@ impl Roots<'_, '_> {
     }
 
     /// Exited threads: their stacks are excluded (stale frames), their TCBs
-    /// are roots (glibc reuses the DTV). Only while the thread descriptor
-    /// is still there: glibc unmaps cached stacks beyond its cache size, and
-    /// the range may then hold anything — another thread's stack mapped at
-    /// another offset, whose descriptor (and DTV pointer) lies elsewhere,
-    /// or the program's own mapping — which must be scanned as such.
+    /// are roots (glibc reuses the DTV). Only while the stack is still
+    /// glibc's cached mapping — the thread descriptor in place and the whole
+    /// range mapped: glibc unmaps cached stacks beyond its cache size, and
+    /// the range may then hold anything — the program's own mapping, next
+    /// to another thread's smaller stack whose descriptor landed at the
+    /// same address — which must be scanned as such.
     fn dead_threads(&mut self) {
         let tls = threads::tls_geometry();
         let mut dead = ScratchVec::<(usize, usize, usize)>::new();
@@ -568,7 +569,7 @@ impl Roots<'_, '_> {
             dead.push((lo, hi, tp));
         });
         for &(lo, hi, tp) in dead.as_slice() {
-            if !pt::is_thread_descriptor(tp) {
+            if !pt::is_thread_descriptor(tp) || !mem::fully_mapped(lo, hi) {
                 continue;
             }
             self.excluded.push((lo, hi));
