@@ -66,6 +66,17 @@ pub fn leakscan() -> Command {
     cmd
 }
 
+/// [`leakscan`] pointed at the report directory `reports` (where the
+/// commands that talk to running processes find their sockets).
+pub fn leakscan_for(reports: &Path) -> Command {
+    let mut cmd = leakscan();
+    cmd.env(
+        "LEAKSCAN_OPTIONS",
+        format!("report_dir={}", reports.display()),
+    );
+    cmd
+}
+
 /// The agent library next to the `leakscan` binary.
 pub fn agent_library() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_leakscan")).with_file_name("libleakscan.so")

@@ -25,7 +25,7 @@ use leakscan_core::control::{Reply, MAX_REQUEST};
 use leakscan_core::options::Options;
 use leakscan_core::report::Report;
 
-use crate::harness::{agent_library, bare, build, leakscan, workdir, Spec};
+use crate::harness::{agent_library, bare, build, leakscan, leakscan_for, workdir, Spec};
 
 #[path = "../../crates/core/src/test_rng.rs"]
 mod test_rng;
@@ -970,12 +970,8 @@ fn a_barrage_of_control_requests_leaves_the_process_unharmed() {
             vec!["scan", pid.as_str(), "--min-age", min_age],
         ] {
             let what = format!("seed {seed:#x} case {case}: leakscan {args:?}");
-            let mut cmd = leakscan();
-            cmd.env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}", reports.display()),
-            )
-            .args(&args);
+            let mut cmd = leakscan_for(&reports);
+            cmd.args(&args);
             let out = run_bounded(&mut cmd, None, LIMIT, &what);
             assert_no_crash(&out, &what);
             match out.code {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leakscan_core::control::Reply;
 use leakscan_core::report::{LeakKind, Report, Trigger};
 
-use crate::harness::{agent_library, build, leakscan, workdir, Spec};
+use crate::harness::{agent_library, build, leakscan_for, workdir, Spec};
 
 /// A fixture started with the agent preloaded; killed if the test fails.
 pub(crate) struct Live {
@@ -54,11 +54,7 @@ impl Live {
 
     /// `leakscan ARGS…` against this process's report directory.
     pub(crate) fn leakscan(&self, args: &[&str]) -> (i32, String, String) {
-        let out = leakscan()
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}", self.reports.display()),
-            )
+        let out = leakscan_for(&self.reports)
             .args(args)
             .output()
             .expect("run leakscan");
@@ -289,14 +285,7 @@ fn commands_for_processes_without_a_socket_fail_in_one_line() {
     let reports = dir.join("reports");
     fs::create_dir_all(&reports).unwrap();
     let run = |args: &[&str]| {
-        let out = leakscan()
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}", reports.display()),
-            )
-            .args(args)
-            .output()
-            .unwrap();
+        let out = leakscan_for(&reports).args(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stderr).into_owned(),

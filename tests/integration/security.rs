@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use leakscan_core::report::{Report, Trigger};
 
 use crate::faults::as_nobody;
-use crate::harness::{agent_library, build, leakscan, run, workdir, Spec, FIXTURE_TIME_LIMIT};
+use crate::harness::{agent_library, build, leakscan_for, run, workdir, Spec, FIXTURE_TIME_LIMIT};
 
 const SECRET: &str = "s3cr3t-token";
 
@@ -104,14 +104,7 @@ fn run_secret(test: &str) -> SecretRun {
     let periodic = fs::read_to_string(&report).unwrap();
 
     let ask = |args: &[&str]| {
-        let out = leakscan()
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}", reports.display()),
-            )
-            .args(args)
-            .output()
-            .unwrap();
+        let out = leakscan_for(&reports).args(args).output().unwrap();
         assert!(
             out.status.code() == Some(0),
             "leakscan {args:?}: {}",
