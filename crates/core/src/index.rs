@@ -75,6 +75,17 @@ const TAG: usize = 1;
 /// Bytes of index memory per arena chunk of nodes.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// How far the current scan got with a block: see [`PageMap::unmark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Not marked: the scan has not found it (yet).
+    Unreached,
+    /// Marked, and maybe waiting on a gray stack to be read.
+    Reached,
+    /// Marked and read: the scan will not touch it again.
+    Scanned,
+}
+
 /// Per-page metadata. Lives in a type-stable arena: never freed, never moved.
 #[repr(C, align(16))]
 pub struct PageNode {
@@ -544,15 +555,71 @@ impl<B: Backing> PageMap<B> {
     /// Forget the mark of a block that is going away while a scan runs, so a
     /// new block the allocator puts at the same address during that scan
     /// does not start out "reached" (it would then never be scanned).
-    /// Returns whether it was marked.
-    pub fn unmark(&self, start: usize) -> bool {
-        if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
-            let (w, bit) = Self::granule_bit(start);
-            if node.marks[w].load(Ordering::Relaxed) & bit != 0 {
-                return node.marks[w].fetch_and(!bit, Ordering::Relaxed) & bit != 0;
-            }
+    /// Returns how far the scan got with it: a [`Reach::Scanned`] block
+    /// will never be read by this scan again ([`Self::set_scanned`]).
+    pub fn unmark(&self, start: usize) -> Reach {
+        let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {
+            return Reach::Unreached;
+        };
+        let (w, bit) = Self::granule_bit(start);
+        if node.marks[w].load(Ordering::Relaxed) & bit == 0 {
+            return Reach::Unreached;
         }
-        false
+        let scanned = self.scanned_bit(node, start);
+        let mut clear = bit;
+        if let Some((_, bit2)) = scanned.filter(|&(w2, _)| w2 == w) {
+            clear |= bit2;
+            let was = node.marks[w].fetch_and(!clear, Ordering::AcqRel);
+            return match (was & bit != 0, was & bit2 != 0) {
+                (false, _) => Reach::Unreached,
+                (true, false) => Reach::Reached,
+                (true, true) => Reach::Scanned,
+            };
+        }
+        if node.marks[w].fetch_and(!clear, Ordering::AcqRel) & bit == 0 {
+            return Reach::Unreached;
+        }
+        match scanned {
+            Some((w2, bit2)) if node.marks[w2].fetch_and(!bit2, Ordering::AcqRel) & bit2 != 0 => {
+                Reach::Scanned
+            }
+            _ => Reach::Reached,
+        }
+    }
+
+    /// Record that a marker has read the whole block starting at `start`
+    /// and will not read it again in this scan: a free may then give it
+    /// back at once instead of holding it until the scan ends. The flag
+    /// is the mark bit of the granule after the block's start, which no
+    /// block can start on (glibc's smallest chunk spans two granules; where
+    /// one does start there, or the granule is on the next page, nothing is
+    /// recorded and the block waits for the end of the scan as before).
+    /// Release: the marker's reads of the block happen before a free that
+    /// sees the flag ([`Self::unmark`], acquire).
+    pub fn set_scanned(&self, start: usize) {
+        let Some(node) = self.node(start & !(PAGE_SIZE - 1)) else {
+            return;
+        };
+        let (w, bit) = Self::granule_bit(start);
+        if node.starts[w].load(Ordering::Relaxed) & bit == 0 {
+            return; // not a block start (the rest of a big block), or gone
+        }
+        if let Some((w2, bit2)) = self.scanned_bit(node, start) {
+            node.marks[w2].fetch_or(bit2, Ordering::Release);
+        }
+    }
+
+    /// Where the "scanned" flag of the block starting at `start` lives, if
+    /// it can: the mark bit of the next granule, when that is on the same
+    /// page and no block starts there.
+    #[inline(always)]
+    fn scanned_bit(&self, node: &PageNode, start: usize) -> Option<(usize, u64)> {
+        let g = ((start >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1)) + 1;
+        if g == GRANULES_PER_PAGE {
+            return None;
+        }
+        let (w, bit) = (g / 64, 1u64 << (g % 64));
+        (node.starts[w].load(Ordering::Relaxed) & bit == 0).then_some((w, bit))
     }
 
     /// Whether the block starting at `start` is marked as reached.
@@ -607,6 +674,31 @@ impl<B: Backing> PageMap<B> {
                     let bit = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     f(page + (w * 64 + bit) * GRANULE);
+                }
+            }
+        });
+    }
+
+    /// Call `f(start)` for every tracked block not marked as reached, in no
+    /// particular order, until `f` returns false. One pass over the
+    /// bitmaps: no per-block lookup.
+    pub fn for_each_unmarked(&self, mut f: impl FnMut(usize) -> bool) {
+        let mut going = true;
+        self.for_each_node(|node| {
+            if !going {
+                return;
+            }
+            let page = node.page.load(Ordering::Relaxed);
+            for (w, word) in node.starts.iter().enumerate() {
+                let mut bits =
+                    word.load(Ordering::Acquire) & !node.marks[w].load(Ordering::Relaxed);
+                while bits != 0 {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if !f(page + (w * 64 + bit) * GRANULE) {
+                        going = false;
+                        return;
+                    }
                 }
             }
         });
@@ -724,6 +816,57 @@ mod tests {
     }
 
     #[test]
+    fn unmark_tells_how_far_the_scan_got() {
+        let map = Map::new_boxed();
+        // 48-byte blocks, one at the page's last granule, and two only a
+        // granule apart (no room for a scanned flag between them).
+        for s in [
+            BASE,
+            BASE + 48,
+            BASE + 96,
+            BASE + 4080,
+            BASE + 4096 + 32,
+            BASE + 4096 + 48,
+        ] {
+            map.insert(s, 8).unwrap();
+        }
+        assert_eq!(map.unmark(BASE), Reach::Unreached);
+        assert!(map.mark(BASE));
+        assert_eq!(map.unmark(BASE), Reach::Reached);
+        assert!(!map.is_marked(BASE), "unmark forgets the mark");
+        assert!(map.mark(BASE));
+        map.set_scanned(BASE);
+        assert_eq!(map.unmark(BASE), Reach::Scanned);
+        assert!(map.mark(BASE), "unmark forgets both");
+        assert_eq!(map.unmark(BASE), Reach::Reached);
+        // A scanned flag without the mark (the block was unmarked first)
+        // does not count.
+        map.set_scanned(BASE + 48);
+        assert_eq!(map.unmark(BASE + 48), Reach::Unreached);
+        // Where the flag has no room, a scanned block stays Reached.
+        for s in [BASE + 4080, BASE + 4096 + 32] {
+            assert!(map.mark(s));
+            map.set_scanned(s);
+            assert_eq!(map.unmark(s), Reach::Reached, "{s:#x}");
+        }
+        assert!(
+            !map.is_marked(BASE + 4096 + 48),
+            "the neighbour's mark is untouched"
+        );
+        // Not a block start (the rest of a big block): nothing recorded.
+        assert!(map.mark(BASE + 96));
+        map.set_scanned(BASE + 96 + 16);
+        assert_eq!(map.unmark(BASE + 96), Reach::Reached);
+        map.remove(BASE + 96, || 8);
+        map.set_scanned(BASE + 96);
+        assert_eq!(
+            map.unmark(BASE + 96),
+            Reach::Unreached,
+            "gone: nothing recorded"
+        );
+    }
+
+    #[test]
     fn marks_and_iteration() {
         let map = Map::new_boxed();
         for i in 0..100 {
@@ -753,6 +896,23 @@ mod tests {
             None,
             "only once"
         );
+        let mut white = vec![];
+        map.for_each_unmarked(|s| {
+            white.push(s);
+            true
+        });
+        white.sort();
+        let expected: Vec<usize> = (0..100)
+            .map(|i| BASE + i * 48)
+            .filter(|&s| s != BASE + 48 && s != BASE + 96)
+            .collect();
+        assert_eq!(white, expected);
+        let mut visited = 0;
+        map.for_each_unmarked(|_| {
+            visited += 1;
+            visited < 3
+        });
+        assert_eq!(visited, 3, "stops when told");
         map.clear_marks();
         assert!(!map.is_marked(BASE + 48));
         assert_eq!(

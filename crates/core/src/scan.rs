@@ -578,6 +578,7 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
+            let whole = size <= piece;
             if size > piece {
                 // A big block (an array of a million pointers, say) would
                 // push all its children at once; scanning it a chunk at a
@@ -591,6 +592,11 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             }
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
+            if whole {
+                // Read once and for all (the last piece of a big block is
+                // not its start: the index ignores it).
+                self.index.set_scanned(start);
+            }
         }
         true
     }
@@ -1261,6 +1267,33 @@ mod tests {
             h.set(array, i, c);
         }
         assert!(h.check(&[array]).is_empty());
+    }
+
+    #[test]
+    fn blocks_read_whole_are_recorded_as_scanned() {
+        use crate::index::Reach;
+        let mut h = Heap::new();
+        let children: Vec<usize> = (0..10_000).map(|_| h.alloc(2)).collect();
+        // Bigger than a scan piece: read in several goes.
+        let array = h.alloc(children.len());
+        for (i, &c) in children.iter().enumerate() {
+            h.set(array, i, c);
+        }
+        let lost = h.alloc(2);
+        assert_eq!(
+            h.check(&[array]).into_keys().collect::<Vec<_>>(),
+            vec![lost]
+        );
+        // A free during the scan may give these back at once (but for
+        // those on a page's last granule, which have no room for the flag)...
+        for &c in &children {
+            let room = c % 4096 != 4096 - 16;
+            let expected = if room { Reach::Scanned } else { Reach::Reached };
+            assert_eq!(h.index.unmark(c), expected, "{c:#x}");
+        }
+        // ...but not a block read piece by piece, nor one never reached.
+        assert_eq!(h.index.unmark(array), Reach::Reached);
+        assert_eq!(h.index.unmark(lost), Reach::Unreached);
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //!      reached through the blocks themselves, never as a root);
 //! 4. scan gray blocks until none is left (blocks marked `no_scan` are
 //!    marked but not scanned), on `scan_threads` markers: this thread and
-//!    helpers made before step 2 ([`markers`]); then gray the blocks
+//!    helpers made before step 2 ([`markers`]); then, unless a live
+//!    check found no white block it could report, gray the blocks
 //!    allocated during the check, and in live mode the contents of blocks
 //!    freed during it, and scan again;
 //! 5. classify what stayed white into direct and indirect leaks, excusing
@@ -54,7 +55,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use leakscan_core::backing::BackedVec;
-use leakscan_core::scan::{classify, Extent, MarkPool, Marker};
+use leakscan_core::scan::{classify, Classified, Extent, MarkPool, Marker};
 use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{maps, modules, real, sys, threads as pt};
 
@@ -250,6 +251,7 @@ fn check_locked(
         Mode::Live { .. } => None,
     };
     INDEX.clear_marks();
+    quarantine::set_marking(true);
     let give_up = || match mode {
         Mode::Exact { .. } => false,
         Mode::Live { quarantine_budget } => {
@@ -274,31 +276,47 @@ fn check_locked(
     let maps_ok = roots.program_mappings(scratch.maps, scratch.maps_len);
     let roots_done = !roots.gave_up;
     let live = matches!(mode, Mode::Live { .. });
-    let drained = roots_done
-        && drain(&mut marker, helpers, &give_up)
-        && gray_new_blocks(&mut marker, generation, helpers, &give_up)
-        && (!live || gray_freed_blocks(&mut marker, helpers, &give_up));
+    let is_excused_trailer = |start: usize, t: &Trailer| {
+        t.generation == generation || t.flags & trailer::NOT_LEAK != 0 || excused(start, t)
+    };
+    let drained = roots_done && drain(&mut marker, helpers, &give_up);
+    // A live scan whose first drain left no white block it could report is
+    // done: the rescue passes and the classification below can only excuse
+    // white blocks, never add one. In a healthy program that is nearly every
+    // scan, and it spares rereading the blocks allocated and freed meanwhile.
+    let unreportable = if live && drained {
+        white_if_unreportable(&is_excused_trailer)
+    } else {
+        None
+    };
     let mut recorded_all = true;
-    let is_excused = |start: usize| {
-        let t = live_trailer(start);
-        t.generation == generation || t.flags & trailer::NOT_LEAK != 0 || excused(start, &t)
+    let (drained, classified) = match unreportable {
+        Some(white) => (true, white),
+        None => {
+            let drained = drained
+                && gray_new_blocks(&mut marker, generation, helpers, &give_up)
+                && (!live || gray_freed_blocks(&mut marker, helpers, &give_up));
+            let is_excused = |start: usize| is_excused_trailer(start, &live_trailer(start));
+            // SAFETY: as above.
+            let classified = unsafe {
+                classify(&INDEX, block_extent, is_excused, |start, size, direct| {
+                    let t = live_trailer(start);
+                    recorded_all &= result.leaks.push(LeakRecord {
+                        start,
+                        size,
+                        direct,
+                        stack: t.stack,
+                        tick: t.tick,
+                        // The block stays allocated (quarantine), as the
+                        // enclosing SAFETY line says.
+                        checksum: if live { checksum(start, size) } else { 0 },
+                    });
+                })
+            };
+            (drained, classified)
+        }
     };
-    // SAFETY: as above.
-    let classified = unsafe {
-        classify(&INDEX, block_extent, is_excused, |start, size, direct| {
-            let t = live_trailer(start);
-            recorded_all &= result.leaks.push(LeakRecord {
-                start,
-                size,
-                direct,
-                stack: t.stack,
-                tick: t.tick,
-                // The block stays allocated (quarantine), as the enclosing
-                // SAFETY line says.
-                checksum: if live { checksum(start, size) } else { 0 },
-            });
-        })
-    };
+    quarantine::set_marking(false);
     let complete =
         drained && maps_ok && !marker.overflowed() && classified.complete && recorded_all;
     let (reached, reached_bytes) = marker.marked();
@@ -351,12 +369,35 @@ fn gray_new_blocks(
     helpers: usize,
     give_up: &(dyn Fn() -> bool + Sync),
 ) -> bool {
-    INDEX.for_each_block(|start| {
-        if !INDEX.is_marked(start) && live_trailer(start).generation == generation {
+    INDEX.for_each_unmarked(|start| {
+        if live_trailer(start).generation == generation {
             marker.gray_block(start);
         }
+        true
     });
     drain(marker, helpers, give_up)
+}
+
+/// The white blocks' totals if none of them would be reported (every one
+/// is excused: allocated during the check, annotated, or excused by the
+/// caller, such as too young), else `None`: stops at the first that would.
+/// What an excused block reaches is excused too (see `classify`), so when
+/// all are excused, the white set needs no classifying.
+fn white_if_unreportable(is_excused: &dyn Fn(usize, &Trailer) -> bool) -> Option<Classified> {
+    let mut white = Classified {
+        complete: true,
+        white_blocks: 0,
+        white_bytes: 0,
+    };
+    let mut reportable = false;
+    INDEX.for_each_unmarked(|start| {
+        let t = live_trailer(start);
+        reportable = !is_excused(start, &t);
+        white.white_blocks += 1;
+        white.white_bytes += t.size as u64;
+        !reportable
+    });
+    (!reportable).then_some(white)
 }
 
 /// Blocks freed while a live scan ran were in use when it began, and what

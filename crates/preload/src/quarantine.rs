@@ -32,6 +32,11 @@
 //! free path pays one load (on x86 the RMW is the `lock and` it always was
 //! and a SeqCst load is a plain load).
 //!
+//! A block the scan has already read whole, and will not read again
+//! (`Reach::Scanned` from the index, see `PageMap::set_scanned`), is
+//! released at once instead: the marker's reads happen before its
+//! Release of the flag, which the free's unmark acquires.
+//!
 //! The list links blocks through the last word of their trailer (the
 //! stack id and time, which a freed block no longer needs), so a deferred
 //! block's own contents stay as the program left them: a live scan still
@@ -44,6 +49,9 @@
 
 use core::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 
+use leakscan_core::backing::BackedVec;
+use leakscan_core::index::Reach;
+use leakscan_platform::mem::MmapBacking;
 use leakscan_platform::real;
 
 use crate::trailer::TRAILER;
@@ -83,7 +91,18 @@ unsafe fn link(p: usize) -> *mut usize {
 /// `p` is a live glibc block with a trailer that nobody else will use or
 /// free.
 pub unsafe fn defer(p: *mut u8) {
-    let reached = crate::state::INDEX.unmark(p as usize);
+    let reached = match crate::state::INDEX.unmark(p as usize) {
+        // The check has read it and will not again: nothing to wait for.
+        // Only while a check is marking: outside, the flags are a past
+        // check's (a fork child's parent's, say), and `dump` or `stats` may
+        // be reading the block.
+        Reach::Scanned if MARKING.load(Ordering::Acquire) => {
+            // SAFETY: per the contract, p is ours to release.
+            return unsafe { real::free(p) };
+        }
+        Reach::Scanned | Reach::Reached => true,
+        Reach::Unreached => false,
+    };
     if reached {
         // SAFETY: p is a tracked block with a written trailer, ours now.
         unsafe { crate::trailer::add_flags(p as usize, crate::trailer::REACHED) };
@@ -119,6 +138,16 @@ pub unsafe fn defer(p: *mut u8) {
             Err(now) => head = now,
         }
     }
+}
+
+/// Set while a check marks with marks it cleared itself: a block the
+/// index says was scanned ([`Reach::Scanned`]) may then be freed at once.
+static MARKING: AtomicBool = AtomicBool::new(false);
+
+/// A check has cleared the index's marks and starts marking (`true`), or
+/// is done reading blocks (`false`, before [`end`]).
+pub fn set_marking(on: bool) {
+    MARKING.store(on, Ordering::Release);
 }
 
 /// Start deferring frees. Call before reading any block in place.
@@ -162,18 +191,33 @@ pub fn end(release: bool) {
         return;
     }
     let mut p = HEAD.swap(0, Ordering::AcqRel);
+    // Freed in address order, neighbours coalesce into a few large free
+    // chunks at once: each free is cheaper (the previous chunk's header is
+    // still in cache), this thread holds the program's arena locks for less
+    // time, and the program's next mallocs split a few large chunks instead
+    // of sorting hundreds of thousands of small ones out of the unsorted bin.
+    let mut sorted = BackedVec::<usize, MmapBacking>::new();
     while p != 0 {
         // SAFETY: a listed block holds its link in its trailer; taking the
         // list made its blocks ours alone.
         let next = unsafe { link(p).read() };
-        // SAFETY: a deferred block is a live glibc block nobody else uses.
-        unsafe { real::free(p as *mut u8) };
+        if !sorted.push(p) {
+            // Out of memory for the array: free as listed.
+            // SAFETY: a deferred block is a live glibc block nobody else uses.
+            unsafe { real::free(p as *mut u8) };
+        }
         p = next;
+    }
+    sorted.as_mut_slice().sort_unstable();
+    for &p in sorted.as_slice() {
+        // SAFETY: as above.
+        unsafe { real::free(p as *mut u8) };
     }
 }
 
 /// In a fork child: a scan that was running in the parent is not running
 /// here. The list stays (its blocks are valid) and goes at the next end.
 pub fn after_fork_in_child() {
+    MARKING.store(false, Ordering::Release);
     ACTIVE.store(false, Ordering::SeqCst);
 }
