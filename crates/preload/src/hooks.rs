@@ -83,6 +83,9 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
+    // The chunk header (our size bound, then glibc's) loads while the
+    // index is updated.
+    leakscan_core::prefetch_read((p as usize).wrapping_sub(8));
     if !untrack(p) {
         // Foreign: the scanner never reads it in place.
         // SAFETY: p is a live glibc block.
