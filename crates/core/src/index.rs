@@ -436,17 +436,6 @@ impl<B: Backing> PageMap<B> {
         true
     }
 
-    /// Start loading, for writing, the line of the start bitmap that an
-    /// insert or removal of `start` will change (a hint: the insert's
-    /// locked instruction would otherwise wait for the miss).
-    #[inline(always)]
-    pub fn prefetch(&self, start: usize) {
-        if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
-            let (w, _) = Self::granule_bit(start);
-            crate::prefetch_write(&node.starts[w] as *const AtomicU64 as usize);
-        }
-    }
-
     /// Whether a tracked block starts exactly at `start`.
     #[inline]
     pub fn is_start(&self, start: usize) -> bool {

@@ -37,18 +37,6 @@ pub mod suppress;
 #[cfg(test)]
 mod test_rng;
 
-/// Hint the CPU to load the cache line at `addr` for writing; never faults.
-#[inline(always)]
-pub fn prefetch_write(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetchw is a hint and never faults, whatever the address.
-    unsafe {
-        core::arch::asm!("prefetchw [{0}]", in(reg) addr, options(nostack, preserves_flags, readonly));
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
-}
-
 /// Hint the CPU to load the cache line at `addr`; never faults.
 #[inline(always)]
 pub fn prefetch_read(addr: usize) {

@@ -51,17 +51,7 @@ const SHARED_SCAN_CHUNK: usize = 16 * 1024;
 /// Gray blocks in flight between prefetch and scan.
 const PREFETCH_RING: usize = 16;
 
-/// Hint the CPU to load the cache line at `addr` (no fault if unmapped).
-#[inline(always)]
-fn prefetch(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
-}
+use crate::prefetch_read as prefetch;
 
 /// Words on thread stacks that are multiples of this count only as
 /// pointers to a block starting there (see `Marker::consider`).
