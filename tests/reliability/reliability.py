@@ -623,15 +623,18 @@ def check(program, args, work, result, iteration):
                         f" confirm (valgrind: {v}); add a verdict to verdicts.txt only with proof")
 
 
-# Both tools scan conservatively, and under valgrind the heap has other
-# addresses: a stale value in dead memory that happens to equal a block's
-# address keeps that block "reachable" in one run and not in the other. So
-# the counts of a program that leaks hundreds of blocks at exit (ld.bfd:
-# 379 or 381 in runs of the same link) differ by a few either way. A
-# count up to 1% (and 2 blocks) over valgrind's still counts as confirmed;
-# a false positive of leakscan's own (a block it cannot see as referenced
-# in a structure) shows up as far more, in every run.
-CONFIRM_SLACK = 0.01
+# Both tools scan conservatively, and the heap's layout differs from run to
+# run (under valgrind, and under leakscan with periodic scans, whose
+# quarantine changes which addresses malloc reuses): a stale value in a live
+# frame that happens to equal a block's address keeps that block
+# "reachable" in one run and not in the next. So the counts of a program
+# that leaks hundreds of blocks at exit differ by a few either way: ld.bfd
+# linking the gcc workload leaked 377–383 blocks in 25 runs under leakscan
+# (the extra ones from the same allocation site as 364 others; valgrind:
+# 379). A count up to 2% (and 2 blocks) over valgrind's still counts as
+# confirmed; a false positive of leakscan's own (a block it cannot see as
+# referenced in a structure) shows up as far more, in every run.
+CONFIRM_SLACK = 0.02
 
 
 def within_slack(ours, theirs, floor):
