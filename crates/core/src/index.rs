@@ -350,7 +350,25 @@ impl<B: Backing> PageMap<B> {
     /// Track the block `[start, start + size)`. `start` must be 16-aligned and
     /// not currently tracked. A zero `size` is tracked as one byte, so a
     /// pointer to the block still references it.
+    #[inline(always)]
     pub fn insert(&self, start: usize, size: usize) -> Result<(), InsertError> {
+        // The common case inline: a block within one page whose node
+        // exists (every malloc but a page's first and the big ones).
+        debug_assert_eq!(start % GRANULE, 0);
+        let last = start.wrapping_add(size.max(1) - 1);
+        if last >> PAGE_SHIFT == start >> PAGE_SHIFT {
+            if let Some(node) = self.node(start & !(PAGE_SIZE - 1)) {
+                let (w, bit) = Self::granule_bit(start);
+                // Marks are not touched: a scan clears the sets it uses first.
+                node.starts[w].fetch_or(bit, Ordering::Release);
+                return Ok(());
+            }
+        }
+        self.insert_slow(start, size)
+    }
+
+    #[inline(never)]
+    fn insert_slow(&self, start: usize, size: usize) -> Result<(), InsertError> {
         debug_assert_eq!(start % GRANULE, 0);
         let end = start
             .checked_add(size.max(1))
@@ -401,6 +419,7 @@ impl<B: Backing> PageMap<B> {
     /// claimed; an over-estimate is harmless (covers are cleared only where
     /// they still name this block), so the agent may pass the allocator's
     /// usable size instead of the requested one.
+    #[inline(always)]
     pub fn remove(&self, start: usize, size_of: impl FnOnce() -> usize) -> bool {
         if !start.is_multiple_of(GRANULE) {
             return false;
@@ -417,7 +436,17 @@ impl<B: Backing> PageMap<B> {
             return false;
         }
         let end = start.saturating_add(size_of().max(1));
-        let mut page = first_page + PAGE_SIZE;
+        if end <= first_page + PAGE_SIZE {
+            return true; // within its page: no covers to clear
+        }
+        self.clear_covers(start, first_page + PAGE_SIZE, end);
+        true
+    }
+
+    /// Clear the covers a removed block left on the pages after its first.
+    #[inline(never)]
+    fn clear_covers(&self, start: usize, from: usize, end: usize) {
+        let mut page = from;
         while page < end {
             let Some(leaf) = self.leaf(page) else { break };
             let slot = Self::slot(leaf, page);
@@ -433,7 +462,6 @@ impl<B: Backing> PageMap<B> {
             }
             page += PAGE_SIZE;
         }
-        true
     }
 
     /// Whether a tracked block starts exactly at `start`.
