@@ -67,10 +67,16 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> usize {
         }
     };
     let own_lo = OWN_TEXT.0.load(Ordering::Relaxed);
-    let own_hi = OWN_TEXT.1.load(Ordering::Relaxed);
+    let own_len = OWN_TEXT.1.load(Ordering::Relaxed).wrapping_sub(own_lo);
+    // A frame is read only if fp lies in [sp, hi - 16], 8-aligned: one
+    // unsigned comparison for the range.
+    let Some(span) = hi.saturating_sub(16).checked_sub(sp) else {
+        return 0;
+    };
+    let limit = if known { out.len() } else { out.len().min(1) };
     let mut n = 0;
-    while n < out.len() {
-        if fp < sp || fp > hi.saturating_sub(16) || fp & 7 != 0 {
+    while n < limit {
+        if fp.wrapping_sub(sp) > span || fp & 7 != 0 {
             break;
         }
         // SAFETY: fp lies in [sp, hi - 16] of this thread's live stack,
@@ -79,12 +85,9 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> usize {
         if ret < 4096 {
             break;
         }
-        if !(own_lo <= ret && ret < own_hi) {
+        if ret.wrapping_sub(own_lo) >= own_len {
             out[n].write(ret);
             n += 1;
-            if !known {
-                break;
-            }
         }
         if next <= fp {
             break;
