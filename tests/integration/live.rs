@@ -279,54 +279,6 @@ fn scan_clear_dump_stats_and_ps_talk_to_a_running_process() {
     assert!(err.contains("not running"), "{err}");
 }
 
-/// Nice value of each thread of `pid`, by thread id.
-fn thread_nice_values(pid: u32) -> BTreeMap<u32, i32> {
-    let mut out = BTreeMap::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let tid: u32 = entry
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .parse()
-            .unwrap();
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        // Fields after the parenthesized command name; nice is field 19.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
-        out.insert(tid, nice);
-    }
-    out
-}
-
-#[test]
-fn leakscans_threads_yield_the_cpu_to_the_program() {
-    let dir = workdir("live_nice");
-    let binary = build(&Spec::load("live_leaker.c"), &dir);
-    let mut live = Live::start(&dir, &binary, &[], "scan_interval=0");
-    let mut leaker = Leaker::new(&mut live);
-    live.wait_for_socket();
-    leaker.leak(1);
-    // A scan makes the helper markers too (where there is a second CPU).
-    let pid = live.pid();
-    let (code, _, err) = live.leakscan(&["scan", &pid.to_string(), "--min-age", "0"]);
-    assert_eq!(code, 0, "{err}");
-    let nice = thread_nice_values(pid);
-    let program = nice[&pid];
-    let ours: Vec<i32> = nice
-        .iter()
-        .filter(|(&t, _)| t != pid)
-        .map(|(_, &n)| n)
-        .collect();
-    assert!(!ours.is_empty(), "{nice:?}");
-    let expected = (program + 10).min(19);
-    assert!(
-        ours.iter().all(|&n| n == expected),
-        "program at {program}: {nice:?}"
-    );
-}
-
 #[test]
 fn commands_for_processes_without_a_socket_fail_in_one_line() {
     let dir = workdir("live_errors");

@@ -37,32 +37,6 @@ pub fn gettid() -> i32 {
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// Set the calling thread's nice value to the main thread's plus `by` (at
-/// most 19), so that the program's threads win the CPU when they want it.
-/// Only ever lowers the thread's priority, which needs no privilege (a
-/// thread made by one already nicer keeps its value). The caller's errno
-/// is left alone.
-pub fn lower_thread_priority(by: i32) {
-    let saved = errno();
-    // SAFETY: getpriority/setpriority on our own process's and thread's ids
-    // have no preconditions; -1 with errno set is their failure.
-    unsafe {
-        let main = getpid() as libc::id_t;
-        let tid = gettid() as libc::id_t;
-        set_errno(0);
-        let base = libc::getpriority(libc::PRIO_PROCESS, main);
-        let base_ok = base != -1 || errno() == 0;
-        set_errno(0);
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-        let now_ok = now != -1 || errno() == 0;
-        let want = (base + by).min(19);
-        if base_ok && now_ok && want > now {
-            libc::setpriority(libc::PRIO_PROCESS, tid, want);
-        }
-    }
-    set_errno(saved);
-}
-
 /// Process id of the caller. Async-signal-safe.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no preconditions.

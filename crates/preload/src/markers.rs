@@ -163,7 +163,6 @@ pub fn pause(round: u32) {
 extern "C" fn helper_main(posted_before: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let _g = Guard::enter_reentrant();
-    crate::scanner::lower_priority();
     // Not POSTED as it is now: the job that made us may be posted already.
     let mut seen = posted_before as usize as u32;
     loop {

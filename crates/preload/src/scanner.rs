@@ -491,23 +491,9 @@ fn bind_socket() -> Option<Listener> {
     }
 }
 
-/// How much nicer than the program leakscan's own threads run.
-const NICER_BY: i32 = 10;
-
-/// Background work yields to the program (kmemleak's scan thread runs at
-/// nice 10 for the same reason): where a CPU is idle a scan runs at full
-/// speed; where the program's threads want every CPU, they keep them, and
-/// the scan takes longer (and gives up if its quarantine outgrows its
-/// budget meanwhile). Also for the helper markers, which then run the exit
-/// check's marking with the other threads stopped: nothing competes then.
-pub(crate) fn lower_priority() {
-    sys::lower_thread_priority(NICER_BY);
-}
-
 extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let g = Guard::enter_reentrant();
-    lower_priority();
     let opts = options();
     let interval = opts.scan_interval_ms;
     let mut scanner = Scanner::new();
