@@ -300,6 +300,10 @@ pub struct Marker<'a, B: Backing, S: Fn(usize) -> Extent> {
     /// counts only as a pointer to a block starting on it
     /// ([`Self::set_stack_words`]).
     stack_words: bool,
+    /// Record in the index each block read whole ([`PageMap::set_scanned`]),
+    /// so a free during the scan can release it at once
+    /// ([`Self::set_record_scanned`]).
+    record_scanned: bool,
 }
 
 impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
@@ -316,6 +320,7 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             marked_bytes: 0,
             helper: false,
             stack_words: false,
+            record_scanned: false,
         }
     }
 
@@ -331,6 +336,14 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
     /// inside malloc'd blocks, which land on a page boundary one time in 32.
     pub fn set_stack_words(&mut self, on: bool) {
         self.stack_words = on;
+    }
+
+    /// Record each block read whole in the index (one more atomic
+    /// operation per block): worth it where the program keeps freeing
+    /// during the mark (a concurrent scan), not where it is stopped.
+    /// Helpers of a pool made afterwards do the same.
+    pub fn set_record_scanned(&mut self, on: bool) {
+        self.record_scanned = on;
     }
 
     /// Bytes of roots and blocks scanned so far.
@@ -481,6 +494,7 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
         Marker {
             bounds: pool.bounds,
             helper: true,
+            record_scanned: pool.record_scanned,
             ..Marker::new(index, size_of)
         }
     }
@@ -582,7 +596,7 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             }
             // SAFETY: a tracked block is readable per this fn's contract.
             unsafe { self.scan_range(start, size) };
-            if whole {
+            if whole && self.record_scanned {
                 // Read once and for all (the last piece of a big block is
                 // not its start: the index ignores it).
                 self.index.set_scanned(start);
@@ -690,6 +704,7 @@ pub struct MarkPool<B: Backing> {
     hints: Padded<Hints>,
     totals: Padded<Totals>,
     bounds: Bounds,
+    record_scanned: bool,
     _backing: core::marker::PhantomData<B>,
 }
 
@@ -724,6 +739,7 @@ impl<B: Backing> MarkPool<B> {
                 overflowed: AtomicBool::new(false),
             }),
             bounds: first.bounds,
+            record_scanned: first.record_scanned,
             _backing: core::marker::PhantomData,
         }
     }
@@ -1168,6 +1184,7 @@ mod tests {
                 scan: !no_scan.contains(&s),
             };
             let mut m = Marker::new(&self.index, extent);
+            m.set_record_scanned(true);
             m.set_stack_words(stack);
             m.scan_words(roots);
             m.set_stack_words(false);
@@ -1284,6 +1301,24 @@ mod tests {
         // ...but not a block read piece by piece, nor one never reached.
         assert_eq!(h.index.unmark(array), Reach::Reached);
         assert_eq!(h.index.unmark(lost), Reach::Unreached);
+    }
+
+    #[test]
+    fn a_marker_that_does_not_record_leaves_reached_blocks_reached() {
+        use crate::index::Reach;
+        let mut h = Heap::new();
+        let a = h.alloc(2);
+        let sizes = &h.sizes;
+        let extent = |s: usize| Extent {
+            size: sizes[&s],
+            scan: true,
+        };
+        h.index.clear_marks();
+        let mut m = Marker::new(&h.index, extent);
+        m.scan_words(&[a]);
+        // SAFETY: the block lives in h.blocks for the whole test.
+        unsafe { m.drain() };
+        assert_eq!(h.index.unmark(a), Reach::Reached);
     }
 
     #[test]

@@ -259,6 +259,9 @@ fn check_locked(
         }
     };
     let mut marker = Marker::new(&INDEX, block_extent as ExtentOf);
+    // Only a live scan has a program freeing blocks the mark has read (and
+    // a free only looks at the record while `set_marking` says so).
+    marker.set_record_scanned(matches!(mode, Mode::Live { .. }));
     let mut roots = Roots {
         marker: &mut marker,
         give_up: &give_up,
