@@ -74,7 +74,8 @@ fn this_thread() -> &'static ThreadState {
             "mov {p}, qword ptr [rip + leakscan_thread_state@GOTTPOFF]",
             "add {p}, qword ptr fs:[0]",
             p = out(reg) p,
-            options(pure, readonly, nostack, preserves_flags),
+            // `add` sets the flags: no preserves_flags.
+            options(pure, readonly, nostack),
         );
         // The thread and its TLS outlive every use (the reference never
         // leaves the thread: ThreadState is not Sync).
