@@ -51,6 +51,7 @@ fixture_tests! {
     lsan_root_region => "lsan_root_region.c",
     lsan_recoverable_check => "lsan_recoverable_check.c",
     lsan_do_leak_check => "lsan_do_leak_check.c",
+    argv_env_copies => "argv_env_copies.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

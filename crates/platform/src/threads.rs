@@ -40,7 +40,7 @@ pub fn is_thread_descriptor(tp: usize) -> bool {
 pub fn current_stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: attr is initialised by pthread_getattr_np before use and
     // destroyed after; out-pointers are valid locals.
-    unsafe {
+    let (low, high) = unsafe {
         let mut attr: pthread_attr_t = core::mem::zeroed();
         if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
             return None;
@@ -49,8 +49,46 @@ pub fn current_stack_bounds() -> Option<(usize, usize)> {
         let mut size: usize = 0;
         let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
         libc::pthread_attr_destroy(&mut attr);
-        (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+        if rc != 0 || addr.is_null() {
+            return None;
+        }
+        (addr as usize, addr as usize + size)
+    };
+    if crate::sys::gettid() == crate::sys::getpid() {
+        return Some((low, main_stack_top(high)));
     }
+    Some((low, high))
+}
+
+/// glibc says the main thread's stack ends with the page holding
+/// `__libc_stack_end`, but the program's arguments, environment and
+/// auxiliary vector lie above it, up to the end of the stack mapping, and a
+/// program may keep heap pointers there: setproctitle-style code (redis,
+/// PostgreSQL) replaces `argv[]` and `environ` entries with copies it
+/// `strdup`s, and where those arrays cross that page boundary (it depends on
+/// where ASLR put the stack top) the copies looked unreferenced. The end of
+/// the mapping that holds `high - 1`, from /proc/self/maps; `high` if it
+/// cannot be read.
+fn main_stack_top(high: usize) -> usize {
+    const BUF: usize = 1 << 20;
+    let Some(buf) = crate::mem::map(BUF) else {
+        return high;
+    };
+    // SAFETY: buf is our own fresh mapping of BUF bytes.
+    let text = unsafe { core::slice::from_raw_parts_mut(buf.as_ptr(), BUF) };
+    let top = crate::maps::read_maps(text)
+        .and_then(|len| {
+            crate::maps::mappings(&text[..len])
+                .find(|m| m.start < high && high <= m.end)
+                .map(|m| m.end)
+        })
+        // The stack's own mapping is at most RLIMIT_STACK-sized; anything
+        // far above is not it.
+        .filter(|&end| end >= high && end - high <= 64 << 20)
+        .unwrap_or(high);
+    // SAFETY: our own mapping of BUF bytes, no longer used.
+    unsafe { crate::mem::unmap(buf.as_ptr(), BUF) };
+    top
 }
 
 /// The current stack pointer (approximately: this function's frame).
