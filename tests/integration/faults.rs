@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use leakscan_core::report::Report;
 
 use crate::harness::{
-    agent_library, bare, build, find_program, leakscan, run, workdir, Run, Spec, FIXTURE_TIME_LIMIT,
+    agent_library, bare, build, find_program, leakscan, run, workdir, Run, Spec,
+    FIXTURE_TIME_LIMIT, RUN_JSON_TO,
 };
 
 /// `binary args` with the agent preloaded and `options`.
@@ -76,14 +77,7 @@ fn same_as_bare(test: &str, fixture: &str, args: &[&str], extra: &str) -> (Strin
     let out = dir.join("report.json");
     let mut cmd = leakscan();
     cmd.env("LEAKSCAN_OPTIONS", extra)
-        .args([
-            "run",
-            "--format",
-            "json",
-            "--error-exitcode",
-            "0",
-            "--output",
-        ])
+        .args(RUN_JSON_TO)
         .arg(&out)
         .arg("--")
         .arg(&binary)

@@ -77,6 +77,31 @@ pub fn leakscan_for(reports: &Path) -> Command {
     cmd
 }
 
+/// `leakscan run` writing the JSON report to the path that follows, with
+/// the program's own exit status whatever it leaked.
+pub const RUN_JSON_TO: [&str; 6] = [
+    "run",
+    "--format",
+    "json",
+    "--error-exitcode",
+    "0",
+    "--output",
+];
+
+/// `binary` run in `dir` with the agent preloaded, its reports in
+/// `dir/reports`, quiet, plus `options` (LEAKSCAN_OPTIONS syntax).
+pub fn preloaded(binary: &Path, dir: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(dir).env("LD_PRELOAD", agent_library()).env(
+        "LEAKSCAN_OPTIONS",
+        format!(
+            "report_dir={}:verbosity=0:{options}",
+            dir.join("reports").display()
+        ),
+    );
+    cmd
+}
+
 /// The agent library next to the `leakscan` binary.
 pub fn agent_library() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_leakscan")).with_file_name("libleakscan.so")

@@ -25,7 +25,9 @@ use leakscan_core::control::{Reply, MAX_REQUEST};
 use leakscan_core::options::Options;
 use leakscan_core::report::Report;
 
-use crate::harness::{agent_library, bare, build, leakscan, leakscan_for, workdir, Spec};
+use crate::harness::{
+    agent_library, bare, build, leakscan, leakscan_for, preloaded, workdir, Spec, RUN_JSON_TO,
+};
 
 #[path = "../../crates/core/src/test_rng.rs"]
 mod test_rng;
@@ -140,14 +142,7 @@ fn real_report(dir: &Path) -> String {
     let path = dir.join("real.json");
     let out = run_bounded(
         leakscan_in(dir)
-            .args([
-                "run",
-                "--format",
-                "json",
-                "--error-exitcode",
-                "0",
-                "--output",
-            ])
+            .args(RUN_JSON_TO)
             .arg(&path)
             .arg("--")
             .arg(&binary),
@@ -744,13 +739,7 @@ impl Leaker {
     fn start(dir: &Path, options: &str) -> Leaker {
         let binary = build(&Spec::load("live_leaker.c"), dir);
         let reports = dir.join("reports");
-        let mut child = Command::new(&binary)
-            .current_dir(dir)
-            .env("LD_PRELOAD", agent_library())
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}:verbosity=0:{options}", reports.display()),
-            )
+        let mut child = preloaded(&binary, dir, options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leakscan_core::control::Reply;
 use leakscan_core::report::{LeakKind, Report, Trigger};
 
-use crate::harness::{agent_library, build, leakscan_for, workdir, Spec};
+use crate::harness::{build, leakscan_for, preloaded, workdir, Spec};
 
 /// A fixture started with the agent preloaded; killed if the test fails.
 pub(crate) struct Live {
@@ -32,14 +32,8 @@ impl Drop for Live {
 impl Live {
     pub(crate) fn start(dir: &Path, binary: &Path, args: &[&str], options: &str) -> Live {
         let reports = dir.join("reports");
-        let child = Command::new(binary)
+        let child = preloaded(binary, dir, options)
             .args(args)
-            .current_dir(dir)
-            .env("LD_PRELOAD", agent_library())
-            .env(
-                "LEAKSCAN_OPTIONS",
-                format!("report_dir={}:verbosity=0:{options}", reports.display()),
-            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

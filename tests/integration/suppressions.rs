@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::harness::{
-    bare, check_fixture, fixtures_dir, leakscan, read_report, run, FIXTURE_TIME_LIMIT,
+    bare, check_fixture, fixtures_dir, leakscan, read_report, run, FIXTURE_TIME_LIMIT, RUN_JSON_TO,
 };
 
 /// template → (count, bytes) from LSan's "Suppressions used" table.
@@ -100,14 +100,7 @@ fn an_lsan_suppression_file_hides_the_same_leaks() {
             "LEAKSCAN_OPTIONS",
             format!("suppressions={}", supp.display()),
         )
-        .args([
-            "run",
-            "--format",
-            "json",
-            "--error-exitcode",
-            "0",
-            "--output",
-        ])
+        .args(RUN_JSON_TO)
         .arg(&by_agent)
         .arg("--")
         .arg(&checked.binary);
