@@ -56,29 +56,57 @@ impl<B: Backing> Default for StackDepot<B> {
     }
 }
 
-/// The depot's hash of a stack; callers may use it to key a private cache
-/// in front of [`StackDepot::intern_hashed`].
-#[inline(always)]
-pub fn hash(frames: &[usize]) -> u64 {
-    // Two independent multiply lanes halve the dependency chain (this runs
-    // on every allocation); a final avalanche mixes them.
+/// The depot's hash of a stack, computed one frame at a time so that a
+/// stack walk can hash as it goes ([`hash`] is the same fold over a
+/// slice). Callers may use it to key a private cache in front of
+/// [`StackDepot::intern_hashed`].
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHash(u64);
+
+impl Default for FrameHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameHash {
     const K1: u64 = 0x9e37_79b9_7f4a_7c15;
     const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
-    let mut a: u64 = 0x243f_6a88_85a3_08d3 ^ frames.len() as u64;
-    let mut b: u64 = 0x1319_8a2e_0370_7344;
-    let mut pairs = frames.chunks_exact(2);
-    for pair in &mut pairs {
-        a = (a ^ pair[0] as u64).wrapping_mul(K1).rotate_left(31);
-        b = (b ^ pair[1] as u64).wrapping_mul(K2).rotate_left(29);
+
+    #[inline(always)]
+    pub const fn new() -> Self {
+        FrameHash(0x243f_6a88_85a3_08d3)
     }
-    if let [last] = pairs.remainder() {
-        a = (a ^ *last as u64).wrapping_mul(K1).rotate_left(31);
+
+    /// Add the next frame. One multiply per frame: in a stack walk its
+    /// latency overlaps the load of the next frame, which is longer.
+    #[inline(always)]
+    pub fn push(&mut self, frame: usize) {
+        self.0 = (self.0 ^ frame as u64)
+            .wrapping_mul(Self::K1)
+            .rotate_left(31);
     }
-    let mut h = a ^ b.rotate_left(17);
-    h ^= h >> 33;
-    h = h.wrapping_mul(K2);
-    h ^= h >> 29;
-    h
+
+    /// The hash of the `frames` frames pushed; the count is mixed in so
+    /// that a stack and its prefix padded with zero frames differ.
+    #[inline(always)]
+    pub fn finish(self, frames: usize) -> u64 {
+        let mut h = self.0 ^ (frames as u64).wrapping_mul(Self::K2);
+        h ^= h >> 33;
+        h = h.wrapping_mul(Self::K2);
+        h ^= h >> 29;
+        h
+    }
+}
+
+/// The depot's hash of a stack: [`FrameHash`] over `frames`.
+#[inline(always)]
+pub fn hash(frames: &[usize]) -> u64 {
+    let mut h = FrameHash::new();
+    for &f in frames {
+        h.push(f);
+    }
+    h.finish(frames.len())
 }
 
 impl<B: Backing> StackDepot<B> {

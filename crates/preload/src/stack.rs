@@ -16,7 +16,7 @@
 use core::mem::MaybeUninit;
 use core::sync::atomic::Ordering;
 
-use leakscan_core::depot;
+use leakscan_core::depot::FrameHash;
 use leakscan_core::options::MAX_STACK_DEPTH;
 use leakscan_platform::threads;
 
@@ -37,46 +37,48 @@ pub fn capture(g: &Guard) -> u32 {
     // Uninitialised: zeroing 512 bytes on every malloc showed in profiles.
     let mut buf = [MaybeUninit::<usize>::uninit(); MAX_STACK_DEPTH];
     let depth = STACK_DEPTH.load(Ordering::Relaxed).min(MAX_STACK_DEPTH);
-    let n = walk(g.stack_bounds(), &mut buf[..depth]);
-    // SAFETY: walk initialised exactly buf[..n].
-    let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const usize, n) };
+    let (n, h) = walk(g.stack_bounds(), &mut buf[..depth]);
     // A 64-bit hash match is taken as identity in the per-thread cache (a
     // collision is ~2^-64 per pair of stacks); the shared depot compares
     // frames in full.
-    let h = depot::hash(frames);
     if let Some(id) = g.cached_stack(h) {
         return id;
     }
+    // SAFETY: walk initialised exactly buf[..n].
+    let frames = unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const usize, n) };
     let id = DEPOT.intern_hashed(frames, h);
     g.cache_stack(h, id);
     id
 }
 
+/// Walk this thread's frame chain into `out`; returns how many frames it
+/// wrote and their depot hash, computed on the way (the hash's multiplies
+/// overlap the chain's dependent loads).
 #[inline(always)]
-fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> usize {
+fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> (usize, u64) {
     let sp = threads::stack_pointer();
-    let mut fp = threads::frame_pointer();
-    let (hi, known) = if lo <= sp && sp < hi {
-        (hi, true)
+    let fp = threads::frame_pointer();
+    // A registered thread on its own stack (not a signal's alternate
+    // stack) walks up to its stack's top; any other case is rare.
+    let (hi, limit) = if sp.wrapping_sub(lo) < hi.wrapping_sub(lo) {
+        (hi, out.len())
     } else {
-        let end = threads::main_stack_end();
-        if sp < end && end - sp < MAIN_STACK_MAX {
-            (end, true)
-        } else {
-            (sp.saturating_add(OWN_FRAMES_WINDOW), false)
-        }
+        unregistered_bounds(sp, out.len())
     };
     let own_lo = OWN_TEXT.0.load(Ordering::Relaxed);
     let own_len = OWN_TEXT.1.load(Ordering::Relaxed).wrapping_sub(own_lo);
-    // A frame is read only if fp lies in [sp, hi - 16], 8-aligned: one
-    // unsigned comparison for the range.
+    let mut h = FrameHash::new();
+    // A frame is read only if fp lies in [sp, hi - 16] and is 8-aligned.
+    // Both in one comparison: rotating fp - sp right by 3 moves a
+    // misalignment into the top bits, past any span.
     let Some(span) = hi.saturating_sub(16).checked_sub(sp) else {
-        return 0;
+        return (0, h.finish(0));
     };
-    let limit = if known { out.len() } else { out.len().min(1) };
+    let span8 = span >> 3;
+    let mut fp = fp;
     let mut n = 0;
     while n < limit {
-        if fp.wrapping_sub(sp) > span || fp & 7 != 0 {
+        if fp.wrapping_sub(sp).rotate_right(3) > span8 {
             break;
         }
         // SAFETY: fp lies in [sp, hi - 16] of this thread's live stack,
@@ -87,6 +89,7 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> usize {
         }
         if ret.wrapping_sub(own_lo) >= own_len {
             out[n].write(ret);
+            h.push(ret);
             n += 1;
         }
         if next <= fp {
@@ -94,5 +97,19 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> usize {
         }
         fp = next;
     }
-    n
+    (n, h.finish(n))
+}
+
+/// The walk's upper bound and frame limit when `sp` is not on the thread's
+/// registered stack: the main thread before it registers (its stack ends
+/// at `__libc_stack_end`), else only our own frames, and the caller's.
+#[cold]
+#[inline(never)]
+fn unregistered_bounds(sp: usize, depth: usize) -> (usize, usize) {
+    let end = threads::main_stack_end();
+    if sp < end && end - sp < MAIN_STACK_MAX {
+        (end, depth)
+    } else {
+        (sp.saturating_add(OWN_FRAMES_WINDOW), depth.min(1))
+    }
 }
