@@ -15,33 +15,42 @@
 //! A two-level radix tree over the 47-bit address space, keyed by 4 KiB page:
 //!
 //! ```text
-//! addr >> 30          -> L1 slot   (2^17 slots, in this struct)
-//! (addr >> 12) & 2^18 -> leaf slot (one 2 MiB leaf per GiB touched)
-//! leaf slot = 0                  nothing live on this page
-//!           = PageNode pointer   blocks start on / reach into this page
-//!           = start | 1          the whole page lies inside the block at start
+//! addr >> 30           -> L1 slot: the leaf of that GiB (2^17 slots, here)
+//! (addr >> 12) & 2^18  -> the page's node and cover, inside the leaf
 //! ```
 //!
-//! A [`PageNode`] has a start bitmap with one bit per 16-byte granule (glibc
-//! aligns every block to 16), the start of the block covering the page's
-//! first byte (`cover`), and a mark bitmap: 80 bytes per heap page. "Which block contains A" is then:
-//! leaf slot → highest start bit at or below A's granule, else `cover` →
-//! range check against the block's size. No search, no rebalancing.
+//! A leaf holds, for each of its 2^18 pages, a [`PageNode`] (a start bitmap
+//! with one bit per 16-byte granule — glibc aligns every block to 16 — and a
+//! mark bitmap: 64 bytes, one cache line) and a `cover` word (the start of
+//! the block overlapping the page's first byte, or 0): 72 bytes per heap
+//! page. "Which block contains A" is then: the highest start bit at or below
+//! A's granule on its page, else the page's cover → range check against the
+//! block's size. No search, no rebalancing.
+//!
+//! The nodes sit in the leaf itself, at an address computed from A, so the
+//! hooks reach a node with one dependent load (the L1 slot), not two: that
+//! load chain is on every `malloc` and every `free`. A leaf reserves 18 MiB
+//! of address space per GiB the heap touches; the kernel backs only the
+//! pages written, which for a heap in use is the 72 bytes per page above.
+//! One "used" bit per 64 pages (one 4 KiB page of nodes) says which nodes
+//! have ever been written: iteration visits only those, and a pointer
+//! nothing was allocated near never touches node memory.
 //!
 //! ## Why readers need no lock and no grace period
 //!
-//! Leaves and nodes are never freed or moved (type-stable memory), so a
-//! reader can never follow a pointer into freed index memory. A reader racing
-//! with an insert or remove sees the block either present or absent; both
-//! are correct answers for a block that is being allocated or freed while the
+//! Leaves are never freed or moved (type-stable memory), so a reader can
+//! never follow a pointer into freed index memory. A reader racing with an
+//! insert or remove sees the block either present or absent; both are
+//! correct answers for a block that is being allocated or freed while the
 //! scan runs, and the scanner treats such blocks specially (it never reports
 //! a block allocated during the scan, and a freed block is no longer live).
 //!
 //! ## Write protocol (lock-free, no shared counters on the hot path)
 //!
-//! - insert: write the covers of the pages the block reaches past its first
-//!   page, then publish the start bit with a Release `fetch_or` — last, so a
-//!   reader that sees the start bit sees the covers.
+//! - insert: set the page's used bit (once per 64 pages, ever), write the
+//!   covers of the pages the block reaches past its first page, then
+//!   publish the start bit with a Release `fetch_or` — last, so a reader
+//!   that sees the start bit sees the covers.
 //! - remove: claim the block by clearing its start bit with `fetch_and`
 //!   (exactly one `free` of a pointer wins; a second one sees the bit clear
 //!   and treats the pointer as foreign, as glibc would), then clear covers
@@ -49,7 +58,7 @@
 //!   is left alone.
 //!
 //! Only pages touched by two live blocks at once are written by two threads,
-//! and then on different words (`cover` vs a start bit).
+//! and then on different words (a cover vs a start bit, or two start bits).
 
 use core::marker::PhantomData;
 use core::ptr;
@@ -69,11 +78,10 @@ const BITMAP_WORDS: usize = GRANULES_PER_PAGE / 64;
 const LEAF_SHIFT: u32 = 30;
 const LEAF_ENTRIES: usize = 1 << (LEAF_SHIFT - PAGE_SHIFT);
 const L1_ENTRIES: usize = 1 << (ADDR_BITS - LEAF_SHIFT);
-const LEAF_BYTES: usize = LEAF_ENTRIES * core::mem::size_of::<usize>();
-const TAG: usize = 1;
-
-/// Bytes of index memory per arena chunk of nodes.
-const CHUNK_BYTES: usize = 1 << 20;
+/// Pages per used bit: their 64 nodes fill one 4 KiB page of the leaf.
+const GROUP_PAGES: usize = 64;
+const USED_WORDS: usize = LEAF_ENTRIES / GROUP_PAGES / 64;
+const LEAF_BYTES: usize = core::mem::size_of::<Leaf>();
 
 /// How far the current scan got with a block: see [`PageMap::unmark`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,33 +94,33 @@ pub enum Reach {
     Scanned,
 }
 
-/// Per-page metadata. Lives in a type-stable arena: never freed, never moved.
-#[repr(C, align(16))]
+/// Per-page bitmaps: one cache line, inside its leaf.
+#[repr(C, align(64))]
 pub struct PageNode {
-    /// Base address of the page; written before the node is published.
-    page: AtomicUsize,
-    /// Start of the live block overlapping the page's first byte, or 0.
-    cover: AtomicUsize,
     /// Bit g set ⇔ a live block starts at `page + 16·g`.
     starts: [AtomicU64; BITMAP_WORDS],
     /// Bit g set ⇔ the block starting at `page + 16·g` was reached in the
     /// current scan. (Classification state for the few white blocks lives
-    /// in a side table of the scan, not here: 80 bytes per heap page.)
+    /// in a side table of the scan, not here.)
     marks: [AtomicU64; BITMAP_WORDS],
 }
 
-const NODE_SIZE: usize = core::mem::size_of::<PageNode>();
-
-/// Header at the start of every node chunk; nodes follow at `NODE_SIZE`.
+/// The index of one GiB of address space. Zeroed memory is the empty leaf;
+/// `base` and `older` are written before it is published.
 #[repr(C)]
-struct ChunkHeader {
-    /// The chunk created before this one (chunks form a push-only list).
-    older: *mut ChunkHeader,
-    /// Bytes handed out, header included; may run past `CHUNK_BYTES`.
-    used: AtomicUsize,
+struct Leaf {
+    nodes: [PageNode; LEAF_ENTRIES],
+    /// Per page: the start of the live block overlapping its first byte, 0
+    /// if none.
+    covers: [AtomicUsize; LEAF_ENTRIES],
+    /// Bit k set ⇔ a block has started on one of pages `64k..64k + 64` since
+    /// the leaf exists: only those nodes can be non-zero.
+    used: [AtomicU64; USED_WORDS],
+    /// Address of the leaf's first page.
+    base: usize,
+    /// The leaf created before this one (leaves form a push-only list).
+    older: *mut Leaf,
 }
-
-type Leaf = [AtomicUsize; LEAF_ENTRIES];
 
 /// The radix page map. See the module documentation.
 pub struct PageMap<B: Backing> {
@@ -120,8 +128,8 @@ pub struct PageMap<B: Backing> {
     /// [!lo_inverted, hi): union of all leaves created so far; 0/0 = empty.
     lo_inverted: AtomicUsize,
     hi: AtomicUsize,
-    /// Newest node chunk.
-    chunks: AtomicPtr<ChunkHeader>,
+    /// Newest leaf; every leaf is on this list before it is in `l1`.
+    leaves: AtomicPtr<Leaf>,
     _backing: PhantomData<B>,
 }
 
@@ -137,7 +145,7 @@ unsafe impl<B: Backing> Send for PageMap<B> {}
 pub enum InsertError {
     /// The address is outside the indexed address space.
     OutOfRange,
-    /// The backing refused memory for a leaf or a node.
+    /// The backing refused memory for a leaf.
     NoMemory,
 }
 
@@ -161,6 +169,49 @@ impl<B: Backing> Default for PageMap<B> {
     }
 }
 
+impl Leaf {
+    /// The page's position in the leaf.
+    #[inline(always)]
+    fn index(addr: usize) -> usize {
+        (addr >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)
+    }
+
+    #[inline(always)]
+    fn used_bit(i: usize) -> (usize, u64) {
+        let group = i / GROUP_PAGES;
+        (group / 64, 1u64 << (group % 64))
+    }
+
+    /// Whether page `i`'s node may be non-zero.
+    #[inline(always)]
+    fn is_used(&self, i: usize) -> bool {
+        let (w, bit) = Self::used_bit(i);
+        self.used[w].load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Page `i`'s node, once a block is to start on it.
+    #[inline]
+    fn node_for_insert(&self, i: usize) -> &PageNode {
+        let (w, bit) = Self::used_bit(i);
+        if self.used[w].load(Ordering::Relaxed) & bit == 0 {
+            // Release: iteration that sees the bit reads the node after it.
+            self.used[w].fetch_or(bit, Ordering::Release);
+        }
+        &self.nodes[i]
+    }
+
+    /// Clear page `i`'s cover if it still names the block at `start`. Read
+    /// first: a failed `lock cmpxchg` still writes, and would commit a
+    /// page of covers nobody uses.
+    #[inline(always)]
+    fn clear_cover(&self, i: usize, start: usize) {
+        let cover = &self.covers[i];
+        if cover.load(Ordering::Relaxed) == start {
+            let _ = cover.compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<B: Backing> PageMap<B> {
     /// An empty map, usable in a `static`.
     pub const fn new() -> Self {
@@ -168,7 +219,7 @@ impl<B: Backing> PageMap<B> {
             l1: [const { AtomicPtr::new(ptr::null_mut()) }; L1_ENTRIES],
             lo_inverted: AtomicUsize::new(0),
             hi: AtomicUsize::new(0),
-            chunks: AtomicPtr::new(ptr::null_mut()),
+            leaves: AtomicPtr::new(ptr::null_mut()),
             _backing: PhantomData,
         }
     }
@@ -198,7 +249,7 @@ impl<B: Backing> PageMap<B> {
         }
         let leaf = self.l1[i].load(Ordering::Acquire);
         // SAFETY: a non-null L1 entry points to a zeroed, never-freed leaf
-        // published with Release after allocation.
+        // published with Release after its header was written.
         unsafe { leaf.as_ref() }
     }
 
@@ -212,6 +263,24 @@ impl<B: Backing> PageMap<B> {
         }
         let fresh = B::alloc_zeroed(LEAF_BYTES).ok_or(InsertError::NoMemory)?;
         let fresh = fresh.as_ptr() as *mut Leaf;
+        // SAFETY: the fresh leaf is zeroed, page-aligned and ours alone
+        // until it is pushed below.
+        unsafe { (*fresh).base = i << LEAF_SHIFT };
+        // On the list first, so that iteration knows every leaf a block can
+        // be in. A leaf that then loses the race for its L1 slot stays on
+        // the list, empty (address space only, never touched again).
+        let mut head = self.leaves.load(Ordering::Acquire);
+        loop {
+            // SAFETY: as above: not yet published.
+            unsafe { (*fresh).older = head };
+            match self
+                .leaves
+                .compare_exchange(head, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => head = now,
+            }
+        }
         let leaf = match self.l1[i].compare_exchange(
             ptr::null_mut(),
             fresh,
@@ -222,8 +291,6 @@ impl<B: Backing> PageMap<B> {
                 self.widen_bounds(i << LEAF_SHIFT, (i + 1) << LEAF_SHIFT);
                 fresh
             }
-            // Another thread won: its leaf is the one; ours stays unused
-            // (address space only, never touched).
             Err(existing) => existing,
         };
         // SAFETY: `leaf` is a published, never-freed leaf.
@@ -247,96 +314,12 @@ impl<B: Backing> PageMap<B> {
         }
     }
 
-    #[inline(always)]
-    fn slot(leaf: &Leaf, addr: usize) -> &AtomicUsize {
-        &leaf[(addr >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)]
-    }
-
-    /// Carve one zeroed node from the newest chunk, or push a new chunk.
-    fn alloc_node(&self) -> Result<&PageNode, InsertError> {
-        loop {
-            let chunk = self.chunks.load(Ordering::Acquire);
-            if !chunk.is_null() {
-                // SAFETY: published chunks are never freed.
-                let off = unsafe { &*chunk }
-                    .used
-                    .fetch_add(NODE_SIZE, Ordering::Relaxed);
-                if off + NODE_SIZE <= CHUNK_BYTES {
-                    // SAFETY: [off, off + NODE_SIZE) lies inside the chunk,
-                    // is zeroed, suitably aligned (chunk is page-aligned and
-                    // NODE_SIZE is a multiple of the alignment), and handed
-                    // to us alone by the fetch_add.
-                    return Ok(unsafe { &*((chunk as *mut u8).add(off) as *const PageNode) });
-                }
-            }
-            let fresh = B::alloc_zeroed(CHUNK_BYTES).ok_or(InsertError::NoMemory)?;
-            let header = fresh.as_ptr() as *mut ChunkHeader;
-            // SAFETY: the fresh chunk is ours until published; the header
-            // fits in the first node-sized slot.
-            unsafe {
-                ptr::write(
-                    header,
-                    ChunkHeader {
-                        older: chunk,
-                        used: AtomicUsize::new(NODE_SIZE),
-                    },
-                );
-            }
-            // Publish; if another thread pushed first, retry on its chunk
-            // (ours is never used: untouched address space).
-            let _ =
-                self.chunks
-                    .compare_exchange(chunk, header, Ordering::AcqRel, Ordering::Acquire);
-        }
-    }
-
-    /// The node of `page`, creating it (and converting a tag into its
-    /// cover) when there is none.
-    fn node_or_create(&self, page: usize) -> Result<&PageNode, InsertError> {
-        let leaf = self.leaf_or_create(page)?;
-        let slot = Self::slot(leaf, page);
-        let mut entry = slot.load(Ordering::Acquire);
-        let mut spare: Option<&PageNode> = None;
-        loop {
-            if entry != 0 && entry & TAG == 0 {
-                // SAFETY: untagged non-zero entries are published nodes.
-                return Ok(unsafe { &*(entry as *const PageNode) });
-            }
-            let node = match spare {
-                Some(n) => n,
-                None => self.alloc_node()?,
-            };
-            node.page.store(page, Ordering::Relaxed);
-            node.cover.store(
-                if entry & TAG != 0 { entry & !TAG } else { 0 },
-                Ordering::Relaxed,
-            );
-            match slot.compare_exchange(
-                entry,
-                node as *const PageNode as usize,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(node),
-                Err(now) => {
-                    // Lost a race; keep the node for the retry. If the winner
-                    // installed a node, ours stays an orphan with empty
-                    // bitmaps, which iteration ignores.
-                    spare = Some(node);
-                    entry = now;
-                }
-            }
-        }
-    }
-
+    /// The node of `page` if a block may start on it.
     #[inline(always)]
     fn node(&self, page: usize) -> Option<&PageNode> {
-        let entry = Self::slot(self.leaf(page)?, page).load(Ordering::Acquire);
-        if entry == 0 || entry & TAG != 0 {
-            return None;
-        }
-        // SAFETY: untagged non-zero entries are published nodes.
-        Some(unsafe { &*(entry as *const PageNode) })
+        let leaf = self.leaf(page)?;
+        let i = Leaf::index(page);
+        leaf.is_used(i).then(|| &leaf.nodes[i])
     }
 
     #[inline(always)]
@@ -352,30 +335,25 @@ impl<B: Backing> PageMap<B> {
     /// pointer to the block still references it.
     #[inline(always)]
     pub fn insert(&self, start: usize, size: usize) -> Result<(), InsertError> {
-        // The common case inline: a block within one page whose node
-        // exists (every malloc but a page's first and the big ones).
-        // Then the one that reaches into part of the next page (one small
-        // block in 14 in the churn benchmark), whose cover goes on that
-        // page's node. A zero size counts as one byte: it cannot reach past
-        // its page either way.
+        // The common cases inline, on a page already in use: a block within
+        // its page (nearly every malloc), then one reaching into part of the
+        // next page (one small block in 14 in the churn benchmark), whose
+        // cover goes on that page. A zero size counts as one byte: it
+        // cannot reach past its page either way.
         debug_assert_eq!(start % GRANULE, 0);
-        let first_page = start & !(PAGE_SIZE - 1);
-        let reach = (start - first_page).wrapping_add(size);
-        if reach <= PAGE_SIZE {
-            if let Some(node) = self.node(first_page) {
+        if let Some(leaf) = self.leaf(start) {
+            let i = Leaf::index(start);
+            let reach = (start & (PAGE_SIZE - 1)).wrapping_add(size);
+            if leaf.is_used(i)
+                && (reach <= PAGE_SIZE || (reach < 2 * PAGE_SIZE && i + 1 < LEAF_ENTRIES))
+            {
+                if reach > PAGE_SIZE {
+                    // The cover first: a reader that sees the start bit sees it.
+                    leaf.covers[i + 1].store(start, Ordering::Release);
+                }
                 let (w, bit) = Self::granule_bit(start);
                 // Marks are not touched: a scan clears the sets it uses first.
-                node.starts[w].fetch_or(bit, Ordering::Release);
-                return Ok(());
-            }
-        } else if reach < 2 * PAGE_SIZE {
-            if let (Some(node), Some(next)) =
-                (self.node(first_page), self.node(first_page + PAGE_SIZE))
-            {
-                // The cover first: a reader that sees the start bit sees it.
-                next.cover.store(start, Ordering::Release);
-                let (w, bit) = Self::granule_bit(start);
-                node.starts[w].fetch_or(bit, Ordering::Release);
+                leaf.nodes[i].starts[w].fetch_or(bit, Ordering::Release);
                 return Ok(());
             }
         }
@@ -394,77 +372,55 @@ impl<B: Backing> PageMap<B> {
         let first_page = start & !(PAGE_SIZE - 1);
         let mut page = first_page + PAGE_SIZE;
         while page < end {
-            if page + PAGE_SIZE <= end {
-                self.cover_whole_page(page, start)?;
-            } else {
-                self.node_or_create(page)?
-                    .cover
-                    .store(start, Ordering::Release);
-            }
+            let leaf = self.leaf_or_create(page)?;
+            leaf.covers[Leaf::index(page)].store(start, Ordering::Release);
             page += PAGE_SIZE;
         }
-        let node = self.node_or_create(first_page)?;
+        let node = self
+            .leaf_or_create(first_page)?
+            .node_for_insert(Leaf::index(first_page));
         let (w, bit) = Self::granule_bit(start);
         // Marks are not touched: a scan clears the sets it uses first.
         node.starts[w].fetch_or(bit, Ordering::Release);
         Ok(())
     }
 
-    fn cover_whole_page(&self, page: usize, start: usize) -> Result<(), InsertError> {
-        let slot = Self::slot(self.leaf_or_create(page)?, page);
-        let mut entry = slot.load(Ordering::Acquire);
-        loop {
-            if entry != 0 && entry & TAG == 0 {
-                // SAFETY: untagged non-zero entries are published nodes.
-                let node = unsafe { &*(entry as *const PageNode) };
-                node.cover.store(start, Ordering::Release);
-                return Ok(());
-            }
-            match slot.compare_exchange(entry, start | TAG, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(()),
-                Err(now) => entry = now,
-            }
-        }
-    }
-
     /// Stop tracking the block at `start`. Returns
     /// false when no tracked block starts there (a foreign pointer, or a
     /// second free of the same pointer); nothing is changed then.
-    /// `size_of` is asked for the block's extent only once the block is
-    /// claimed; an over-estimate is harmless (covers are cleared only where
-    /// they still name this block), so the agent may pass the allocator's
-    /// usable size instead of the requested one.
+    /// `size_of` is asked for the block's extent only when the block
+    /// reaches past its first page (which the next page's cover tells
+    /// without it); an over-estimate is harmless (covers are cleared only
+    /// where they still name this block), so the agent may pass the
+    /// allocator's usable size instead of the requested one.
     #[inline(always)]
     pub fn remove(&self, start: usize, size_of: impl FnOnce() -> usize) -> bool {
         if !start.is_multiple_of(GRANULE) {
             return false;
         }
-        let first_page = start & !(PAGE_SIZE - 1);
-        let Some(node) = self.node(first_page) else {
+        let Some(leaf) = self.leaf(start) else {
             return false;
         };
+        let i = Leaf::index(start);
+        if !leaf.is_used(i) {
+            return false;
+        }
         let (w, bit) = Self::granule_bit(start);
         // SeqCst: the agent's quarantine relies on this unlink and the
         // scanner's switch being ordered (a store-buffering pair; see
         // preload/src/quarantine.rs). On x86 it is the same `lock and`.
-        if node.starts[w].fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
+        if leaf.nodes[i].starts[w].fetch_and(!bit, Ordering::SeqCst) & bit == 0 {
             return false;
         }
+        // A block reaching into the next page named itself in that page's
+        // cover, and nothing else can have replaced it while the block
+        // lived: no cover there, no page to clear (nearly every free, and
+        // no read of the block's size, a cache miss, on the way).
+        if i + 1 < LEAF_ENTRIES && leaf.covers[i + 1].load(Ordering::Relaxed) != start {
+            return true;
+        }
+        let next_page = (start & !(PAGE_SIZE - 1)) + PAGE_SIZE;
         let end = start.saturating_add(size_of().max(1));
-        let next_page = first_page + PAGE_SIZE;
-        if end <= next_page {
-            return true; // within its page: no covers to clear
-        }
-        if end < next_page + PAGE_SIZE {
-            // Into part of the next page, whose node holds the cover (the
-            // common case of a block crossing a page, inline).
-            if let Some(next) = self.node(next_page) {
-                let _ = next
-                    .cover
-                    .compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed);
-                return true;
-            }
-        }
         self.clear_covers(start, next_page, end);
         true
     }
@@ -475,17 +431,7 @@ impl<B: Backing> PageMap<B> {
         let mut page = from;
         while page < end {
             let Some(leaf) = self.leaf(page) else { break };
-            let slot = Self::slot(leaf, page);
-            let entry = slot.load(Ordering::Acquire);
-            if entry == start | TAG {
-                let _ = slot.compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed);
-            } else if entry != 0 && entry & TAG == 0 {
-                // SAFETY: untagged non-zero entries are published nodes.
-                let n = unsafe { &*(entry as *const PageNode) };
-                let _ = n
-                    .cover
-                    .compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed);
-            }
+            leaf.clear_cover(Leaf::index(page), start);
             page += PAGE_SIZE;
         }
     }
@@ -548,33 +494,28 @@ impl<B: Backing> PageMap<B> {
     #[allow(clippy::type_complexity)] // (start, Some((node, word, bit)))
     fn locate(&self, addr: usize) -> Option<(usize, Option<(&PageNode, usize, u64)>)> {
         let leaf = self.leaf(addr)?;
-        let entry = Self::slot(leaf, addr).load(Ordering::Acquire);
-        if entry == 0 {
-            return None;
-        }
-        if entry & TAG != 0 {
-            return Some((entry & !TAG, None));
-        }
-        // SAFETY: untagged non-zero entries are published nodes.
-        let node = unsafe { &*(entry as *const PageNode) };
-        let g = (addr >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1);
-        let mut w = g / 64;
-        // Bits 0..=g%64 of the first word, then whole lower words.
-        let mut mask = u64::MAX >> (63 - (g % 64));
-        loop {
-            let bits = node.starts[w].load(Ordering::Acquire) & mask;
-            if bits != 0 {
-                let bit = 63 - bits.leading_zeros() as usize;
-                let start = (addr & !(PAGE_SIZE - 1)) + (w * 64 + bit) * GRANULE;
-                return Some((start, Some((node, w, 1u64 << bit))));
+        let i = Leaf::index(addr);
+        if leaf.is_used(i) {
+            let node = &leaf.nodes[i];
+            let g = (addr >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1);
+            let mut w = g / 64;
+            // Bits 0..=g%64 of the first word, then whole lower words.
+            let mut mask = u64::MAX >> (63 - (g % 64));
+            loop {
+                let bits = node.starts[w].load(Ordering::Acquire) & mask;
+                if bits != 0 {
+                    let bit = 63 - bits.leading_zeros() as usize;
+                    let start = (addr & !(PAGE_SIZE - 1)) + (w * 64 + bit) * GRANULE;
+                    return Some((start, Some((node, w, 1u64 << bit))));
+                }
+                if w == 0 {
+                    break;
+                }
+                w -= 1;
+                mask = u64::MAX;
             }
-            if w == 0 {
-                break;
-            }
-            w -= 1;
-            mask = u64::MAX;
         }
-        match node.cover.load(Ordering::Acquire) {
+        match leaf.covers[i].load(Ordering::Acquire) {
             0 => None,
             start => Some((start, None)),
         }
@@ -687,41 +628,42 @@ impl<B: Backing> PageMap<B> {
 
     /// Clear every mark (start of a scan).
     pub fn clear_marks(&self) {
-        self.for_each_node(|node| {
+        self.for_each_node(|_, node| {
             for word in &node.marks {
-                word.store(0, Ordering::Relaxed);
+                // Only dirty the lines that need it.
+                if word.load(Ordering::Relaxed) != 0 {
+                    word.store(0, Ordering::Relaxed);
+                }
             }
         });
     }
 
     // ---- iteration ----------------------------------------------------------
 
-    fn for_each_node(&self, mut f: impl FnMut(&PageNode)) {
-        let mut chunk = self.chunks.load(Ordering::Acquire);
-        while !chunk.is_null() {
-            // SAFETY: published chunks are never freed; their header was
-            // written before publication.
-            let header = unsafe { &*chunk };
-            let used = header.used.load(Ordering::Acquire).min(CHUNK_BYTES);
-            let mut off = NODE_SIZE;
-            while off + NODE_SIZE <= used {
-                // SAFETY: every node slot below `used` lies in the chunk and
-                // is zeroed or a node; a slot being initialised concurrently
-                // still reads as a valid (all-atomic) node.
-                let node = unsafe { &*((chunk as *const u8).add(off) as *const PageNode) };
-                if node.page.load(Ordering::Acquire) != 0 {
-                    f(node);
+    /// Call `f(page, node)` for every node a block may start on.
+    fn for_each_node(&self, mut f: impl FnMut(usize, &PageNode)) {
+        let mut leaf = self.leaves.load(Ordering::Acquire);
+        while !leaf.is_null() {
+            // SAFETY: listed leaves are never freed; their header was
+            // written before they were listed.
+            let l = unsafe { &*leaf };
+            for (w, word) in l.used.iter().enumerate() {
+                let mut groups = word.load(Ordering::Acquire);
+                while groups != 0 {
+                    let first = (w * 64 + groups.trailing_zeros() as usize) * GROUP_PAGES;
+                    groups &= groups - 1;
+                    for i in first..first + GROUP_PAGES {
+                        f(l.base + (i << PAGE_SHIFT), &l.nodes[i]);
+                    }
                 }
-                off += NODE_SIZE;
             }
-            chunk = header.older;
+            leaf = l.older;
         }
     }
 
     /// Call `f(start)` for every tracked block, in no particular order.
     pub fn for_each_block(&self, mut f: impl FnMut(usize)) {
-        self.for_each_node(|node| {
-            let page = node.page.load(Ordering::Relaxed);
+        self.for_each_node(|page, node| {
             for (w, word) in node.starts.iter().enumerate() {
                 let mut bits = word.load(Ordering::Acquire);
                 while bits != 0 {
@@ -738,11 +680,10 @@ impl<B: Backing> PageMap<B> {
     /// bitmaps: no per-block lookup.
     pub fn for_each_unmarked(&self, mut f: impl FnMut(usize) -> bool) {
         let mut going = true;
-        self.for_each_node(|node| {
+        self.for_each_node(|page, node| {
             if !going {
                 return;
             }
-            let page = node.page.load(Ordering::Relaxed);
             for (w, word) in node.starts.iter().enumerate() {
                 let mut bits =
                     word.load(Ordering::Acquire) & !node.marks[w].load(Ordering::Relaxed);
@@ -768,18 +709,13 @@ impl<B: Backing> PageMap<B> {
                 page = ((page >> LEAF_SHIFT) + 1) << LEAF_SHIFT;
                 continue;
             };
-            let entry = Self::slot(leaf, page).load(Ordering::Acquire);
-            if entry & TAG != 0 {
-                return Some(entry & !TAG);
+            let i = Leaf::index(page);
+            let cover = leaf.covers[i].load(Ordering::Acquire);
+            if cover != 0 {
+                return Some(cover);
             }
-            if entry != 0 {
-                // SAFETY: untagged non-zero entries are published nodes.
-                let node = unsafe { &*(entry as *const PageNode) };
-                let cover = node.cover.load(Ordering::Acquire);
-                if cover != 0 {
-                    return Some(cover);
-                }
-                for (w, word) in node.starts.iter().enumerate() {
+            if leaf.is_used(i) {
+                for (w, word) in leaf.nodes[i].starts.iter().enumerate() {
                     let bits = word.load(Ordering::Acquire);
                     if bits != 0 {
                         return Some(page + (w * 64 + bits.trailing_zeros() as usize) * GRANULE);
@@ -839,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn large_block_uses_tags_and_covers() {
+    fn large_block_is_found_through_covers() {
         let map = Map::new_boxed();
         let start = BASE + 4096 - 16; // starts at the end of a page
         let size = 5 * 4096 + 100;
