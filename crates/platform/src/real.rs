@@ -72,12 +72,10 @@ const FLAG_BITS: usize = 0x7;
 pub unsafe fn usable_size(p: *const u8) -> usize {
     // SAFETY: a live glibc block is preceded by its chunk's size word.
     let word = unsafe { *(p.sub(SIZE_SZ) as *const usize) };
-    let chunk = word & !FLAG_BITS;
-    if word & IS_MMAPPED != 0 {
-        chunk.saturating_sub(2 * SIZE_SZ)
-    } else {
-        chunk.saturating_sub(SIZE_SZ)
-    }
+    // One header word, two for an mmapped chunk, without a branch: the
+    // flag is bit 1, so shifting it left twice gives SIZE_SZ (8) or 0.
+    const _: () = assert!(IS_MMAPPED << 2 == SIZE_SZ);
+    (word & !FLAG_BITS).saturating_sub(SIZE_SZ + ((word & IS_MMAPPED) << 2))
 }
 
 /// The address range a live block occupies in glibc's heap, chunk header

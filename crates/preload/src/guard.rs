@@ -185,17 +185,22 @@ impl Guard {
         self.state().ignore_depth.get() != 0
     }
 
-    /// The depot id cached for a stack hash, if any.
+    /// The depot id cached for a stack hash, if any. (An empty entry is
+    /// (0, 0): a stack hashing to 0 would get id 0, "unknown", which is
+    /// what a full depot gives too.)
     #[inline(always)]
     pub fn cached_stack(&self, hash: u64) -> Option<u32> {
         let (h, id) = self.state().stacks[hash as usize % STACK_CACHE].get();
-        (h == hash && id != 0).then_some(id)
+        (h == hash).then_some(id)
     }
 
-    /// Remember the depot id of a stack hash.
+    /// Remember the depot id of a stack hash. Id 0 (the depot not ready
+    /// yet, or full) is not remembered: the next allocation asks again.
     #[inline(always)]
     pub fn cache_stack(&self, hash: u64, id: u32) {
-        self.state().stacks[hash as usize % STACK_CACHE].set((hash, id));
+        if id != 0 {
+            self.state().stacks[hash as usize % STACK_CACHE].set((hash, id));
+        }
     }
 }
 
@@ -277,6 +282,8 @@ mod tests {
     fn stack_cache_maps_hashes_to_ids() {
         let g = Guard::enter().unwrap();
         assert_eq!(g.cached_stack(0xabc), None);
+        g.cache_stack(0xabc, 0);
+        assert_eq!(g.cached_stack(0xabc), None, "id 0 is not remembered");
         g.cache_stack(0xabc, 9);
         assert_eq!(g.cached_stack(0xabc), Some(9));
         // Same slot, different hash: the newer entry replaces the older.

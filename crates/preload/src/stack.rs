@@ -75,9 +75,10 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> (usize, u64
         return (0, h.finish(0));
     };
     let span8 = span >> 3;
+    let out = &mut out[..limit];
     let mut fp = fp;
     let mut n = 0;
-    while n < limit {
+    while n < out.len() {
         if fp.wrapping_sub(sp).rotate_right(3) > span8 {
             break;
         }
