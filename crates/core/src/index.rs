@@ -460,15 +460,20 @@ impl<B: Backing> PageMap<B> {
     }
 
     /// Mark the tracked block containing `addr`, if there is one and it was
-    /// not marked yet: then return it as `(start, size)`. The scanner's inner
-    /// loop, with one index walk per word; `size_of` (a cache miss on the
-    /// block's trailer in the agent) is asked only for unmarked candidates.
+    /// not marked yet: then return it as `(start, size)`, the size `None`
+    /// when `addr` is the block's start. The scanner's inner loop, with one
+    /// index walk per word; `size_of` (two cache misses on the block's
+    /// chunk header and trailer in the agent) is asked only for an
+    /// unmarked candidate that `addr` points inside of, to tell whether
+    /// it points past the end. A pointer to a block's start needs no such
+    /// check, and the scanner reads the size later, when it has had time
+    /// to prefetch it.
     #[inline(always)]
     pub fn mark_containing(
         &self,
         addr: usize,
         size_of: impl Fn(usize) -> usize,
-    ) -> Option<(usize, usize)> {
+    ) -> Option<(usize, Option<usize>)> {
         let (start, here) = self.locate(addr)?;
         let already = match here {
             Some((node, w, bit)) => node.marks[w].load(Ordering::Relaxed) & bit != 0,
@@ -477,10 +482,15 @@ impl<B: Backing> PageMap<B> {
         if already {
             return None;
         }
-        let size = size_of(start);
-        if addr - start >= size.max(1) {
-            return None;
-        }
+        let size = if addr == start {
+            None
+        } else {
+            let size = size_of(start);
+            if addr - start >= size.max(1) {
+                return None;
+            }
+            Some(size)
+        };
         let newly = match here {
             Some((node, w, bit)) => node.marks[w].fetch_or(bit, Ordering::Relaxed) & bit == 0,
             None => self.mark(start),
@@ -879,12 +889,17 @@ mod tests {
         );
         assert_eq!(
             map.mark_containing(BASE + 96 + 4, |_| 32),
-            Some((BASE + 96, 32))
+            Some((BASE + 96, Some(32)))
         );
         assert_eq!(
             map.mark_containing(BASE + 96 + 4, |_| 32),
             None,
             "only once"
+        );
+        // A pointer to a block's start marks it without asking its size.
+        assert_eq!(
+            map.mark_containing(BASE + 144, |_| unreachable!("no size needed")),
+            Some((BASE + 144, None))
         );
         let mut white = vec![];
         map.for_each_unmarked(|s| {
@@ -894,7 +909,7 @@ mod tests {
         white.sort();
         let expected: Vec<usize> = (0..100)
             .map(|i| BASE + i * 48)
-            .filter(|&s| s != BASE + 48 && s != BASE + 96)
+            .filter(|&s| ![BASE + 48, BASE + 96, BASE + 144].contains(&s))
             .collect();
         assert_eq!(white, expected);
         let mut visited = 0;

@@ -51,6 +51,10 @@ const SHARED_SCAN_CHUNK: usize = 16 * 1024;
 /// Gray blocks in flight between prefetch and scan.
 const PREFETCH_RING: usize = 16;
 
+/// The size of a gray block marked through a pointer to its start, whose
+/// extent is not read yet.
+const EXTENT_UNKNOWN: usize = usize::MAX;
+
 use crate::prefetch_read as prefetch;
 
 /// Words on thread stacks that are multiples of this count only as
@@ -398,9 +402,18 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             scan.set(e.scan);
             e.size
         };
-        if let Some((start, size)) = self.index.mark_containing(word, size_of) {
-            let scan = scan.get();
-            self.push_marked(start, Extent { size, scan });
+        match self.index.mark_containing(word, size_of) {
+            Some((start, Some(size))) => {
+                let scan = scan.get();
+                self.push_marked(start, Extent { size, scan });
+            }
+            // A pointer to the start: the block's extent is read when it
+            // leaves the gray stack, after a prefetch (see `drain_local`).
+            Some((start, None)) => {
+                self.marked_blocks += 1;
+                self.gray.push(start, EXTENT_UNKNOWN);
+            }
+            None => {}
         }
     }
 
@@ -551,6 +564,10 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
         loop {
             if queued < PREFETCH_RING {
                 if let Some((start, size)) = self.gray.pop() {
+                    if size == EXTENT_UNKNOWN {
+                        // The chunk header, for the extent (`size_of`).
+                        prefetch(start - 8);
+                    }
                     prefetch(start);
                     if size > 64 {
                         prefetch(start + 64);
@@ -582,6 +599,14 @@ impl<'a, B: Backing, S: Fn(usize) -> Extent> Marker<'a, B, S> {
             let (start, mut size) = ring[head];
             head = (head + 1) % PREFETCH_RING;
             queued -= 1;
+            if size == EXTENT_UNKNOWN {
+                let extent = (self.size_of)(start);
+                self.marked_bytes += extent.size as u64;
+                if !extent.scan {
+                    continue;
+                }
+                size = extent.size;
+            }
             let whole = size <= piece;
             if size > piece {
                 // A big block (an array of a million pointers, say) would
