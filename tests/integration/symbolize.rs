@@ -10,7 +10,9 @@ use std::process::Command;
 
 use leakscan_core::report::{Frame, Report};
 
-use crate::harness::{check_fixture, leakscan, read_report, run, Run, FIXTURE_TIME_LIMIT};
+use crate::harness::{
+    check_fixture, leakscan, read_report, run, Run, FIXTURE_TIME_LIMIT, RUN_JSON_TO,
+};
 
 /// (function, file, line) of one frame.
 type Place = (String, String, u32);
@@ -85,21 +87,8 @@ fn stripped_binary_round_trip() {
     fs::copy(&checked.binary, &stripped).unwrap();
     tool("strip", &["--strip-all", stripped.to_str().unwrap()], dir);
     let raw = dir.join("stripped.json");
-    let out = leakscan_in(
-        dir,
-        "stripped",
-        &[
-            "run",
-            "--format",
-            "json",
-            "--error-exitcode",
-            "0",
-            "--output",
-            raw.to_str().unwrap(),
-            "--",
-            stripped.to_str().unwrap(),
-        ],
-    );
+    let args = [raw.to_str().unwrap(), "--", stripped.to_str().unwrap()];
+    let out = leakscan_in(dir, "stripped", &[&RUN_JSON_TO[..], &args].concat());
     let bare_report = read_report(&raw, &out.stderr);
     let build_id = polygon
         .build_id

@@ -1173,6 +1173,17 @@ mod tests {
             unsafe { *(block as *mut usize).add(word) = value };
         }
 
+        /// `n` two-word blocks and an array holding a pointer to each:
+        /// (children, array).
+        fn array_of_children(&mut self, n: usize) -> (Vec<usize>, usize) {
+            let children: Vec<usize> = (0..n).map(|_| self.alloc(2)).collect();
+            let array = self.alloc(n);
+            for (i, &c) in children.iter().enumerate() {
+                self.set(array, i, c);
+            }
+            (children, array)
+        }
+
         /// Mark from `roots`, classify; returns (start → direct?) of leaks.
         fn check(&self, roots: &[usize]) -> BTreeMap<usize, bool> {
             self.check_with(roots, &[], &[])
@@ -1293,11 +1304,7 @@ mod tests {
     #[test]
     fn a_big_block_is_scanned_in_chunks_and_completely() {
         let mut h = Heap::new();
-        let children: Vec<usize> = (0..30_000).map(|_| h.alloc(2)).collect();
-        let array = h.alloc(children.len());
-        for (i, &c) in children.iter().enumerate() {
-            h.set(array, i, c);
-        }
+        let (_, array) = h.array_of_children(30_000);
         assert!(h.check(&[array]).is_empty());
     }
 
@@ -1305,12 +1312,8 @@ mod tests {
     fn blocks_read_whole_are_recorded_as_scanned() {
         use crate::index::Reach;
         let mut h = Heap::new();
-        let children: Vec<usize> = (0..10_000).map(|_| h.alloc(2)).collect();
-        // Bigger than a scan piece: read in several goes.
-        let array = h.alloc(children.len());
-        for (i, &c) in children.iter().enumerate() {
-            h.set(array, i, c);
-        }
+        // The array is bigger than a scan piece: read in several goes.
+        let (children, array) = h.array_of_children(10_000);
         let lost = h.alloc(2);
         assert_eq!(
             h.check(&[array]).into_keys().collect::<Vec<_>>(),

@@ -107,8 +107,8 @@ fn this_thread() -> &'static ThreadState {
 }
 
 /// Proof that the calling thread is inside leakscan's own work. It also
-/// carries the thread's state, so a hook pays for one TLS lookup (a
-/// `__tls_get_addr` call in a shared library), not one per field.
+/// carries the thread's state, so a hook looks its TLS block up once, not
+/// once per field.
 pub struct Guard {
     state: *const ThreadState,
     /// The busy flag to restore on drop (true for a nested entry).

@@ -64,9 +64,9 @@ fn record(g: &Guard, p: *mut u8, size: usize) -> *mut c_void {
 /// Forget `p` if it is a tracked block; true if it was.
 #[inline(always)]
 fn untrack(p: *mut c_void) -> bool {
-    // The usable size bounds the block's extent and sits in the chunk
-    // header glibc is about to read anyway; the trailer would be one more
-    // cache miss on every free.
+    // Asked only for a block that reaches past its first page: the usable
+    // size bounds its extent and sits in the chunk header glibc is about
+    // to read anyway (the trailer would be one more cache miss).
     // SAFETY: the closure runs only once p is known to be a live glibc block.
     INDEX.remove(p as usize, || unsafe { real::usable_size(p as *const u8) })
 }
@@ -94,9 +94,6 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    // The chunk header (our size bound, then glibc's) loads while the
-    // index is updated.
-    leakscan_core::prefetch_read((p as usize).wrapping_sub(8));
     if !untrack(p) {
         // Foreign: the scanner never reads it in place.
         // SAFETY: p is a live glibc block.

@@ -57,7 +57,7 @@ pub fn capture(g: &Guard) -> u32 {
 #[inline(always)]
 fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> (usize, u64) {
     let sp = threads::stack_pointer();
-    let fp = threads::frame_pointer();
+    let mut fp = threads::frame_pointer();
     // A registered thread on its own stack (not a signal's alternate
     // stack) walks up to its stack's top; any other case is rare.
     let (hi, limit) = if sp.wrapping_sub(lo) < hi.wrapping_sub(lo) {
@@ -76,7 +76,6 @@ fn walk((lo, hi): (usize, usize), out: &mut [MaybeUninit<usize>]) -> (usize, u64
     };
     let span8 = span >> 3;
     let out = &mut out[..limit];
-    let mut fp = fp;
     let mut n = 0;
     while n < out.len() {
         if fp.wrapping_sub(sp).rotate_right(3) > span8 {
