@@ -479,3 +479,34 @@ fn memory_mapped_where_an_exited_thread_stack_was_is_scanned() {
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(report.summary.leaked_blocks, 0, "{}", report.to_json());
 }
+
+/// Regression: the scanner thread opened its descriptors (the control
+/// socket, /proc/self/maps at every scan) in the program's table. A
+/// single-threaded program that closes a descriptor and reuses the number
+/// at once (dash's `close(1); dup2(file, 1)` for `echo x > file`, a
+/// daemon's `close(0); open("/dev/null")`) had it taken: its dup2 replaced
+/// the scanner's descriptor, and the scanner's close then closed the
+/// program's file. Seen once in CI (dash under make: "echo: I/O error");
+/// this fixture failed 3 runs out of 3 within a second before the scanner
+/// got a descriptor table of its own (`fdtable`).
+#[test]
+fn descriptors_the_program_closes_and_reuses_stay_its_own() {
+    let (code, stdout, report) = run_within(
+        "stress_redirect_during_scans",
+        "stress_redirect_during_scans.c",
+        "scan_interval=0.001",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        code, 0,
+        "status 7: a descriptor the program reused was not its own (reason on stderr); {stdout}"
+    );
+    assert!(stdout.starts_with("rounds "), "{stdout}");
+    // Scans ran meanwhile (each opens /proc/self/maps), or nothing was tested.
+    assert!(
+        report.scan.number >= 20,
+        "only {} scans ran",
+        report.scan.number
+    );
+    assert_eq!(report.summary.leaked_blocks, 0, "{}", report.to_json());
+}

@@ -13,9 +13,11 @@
 //! - [`net`]: the control socket's server side (peer uid, bounded I/O);
 //! - [`threads`]: stacks, TLS geometry, `pthread_create`, keys, signals;
 //! - [`dirs`]: the report directory's safety check (ours, private, no symlink);
+//! - [`fdtable`]: the scanner thread's own descriptor table, and stderr from it;
 //! - [`user`]: uid/pid for the CLI.
 
 pub mod dirs;
+pub mod fdtable;
 pub mod maps;
 pub mod mem;
 pub mod modules;

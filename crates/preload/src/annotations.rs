@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crossbeam_epoch::{Atomic, Collector, Owned};
-use leakscan_platform::sys;
+use leakscan_platform::{fdtable, sys};
 
 use crate::check::ScratchVec;
 use crate::guard::{self, Guard};
@@ -46,7 +46,7 @@ fn collector() -> &'static Collector {
 
 fn warn(msg: &str) {
     if options().verbosity >= 1 {
-        sys::write_all(2, format!("leakscan: {msg}\n").as_bytes());
+        fdtable::write_stderr(format!("leakscan: {msg}\n").as_bytes());
     }
 }
 

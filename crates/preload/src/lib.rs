@@ -54,7 +54,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use leakscan_core::options::Options;
 use leakscan_core::report::Trigger;
-use leakscan_platform::{modules, sys};
+use leakscan_platform::{fdtable, modules, sys};
 
 use guard::Guard;
 use state::{options, ENABLED, OWN_BASE, OWN_TEXT};
@@ -90,7 +90,7 @@ fn read_options() -> Options {
     // One line for all the bad items, however many (the program's stderr
     // is not ours to flood).
     if let Some(line) = leakscan_core::options::warning(&errors) {
-        sys::write_all(2, format!("leakscan: {line}\n").as_bytes());
+        fdtable::write_stderr(format!("leakscan: {line}\n").as_bytes());
     }
     // A relative report_dir or suppressions file means relative to where
     // the program started, not to wherever it has chdir'ed by the time it
@@ -124,8 +124,7 @@ extern "C" fn init() {
         // dlopen'ed after start, or the program defines malloc itself:
         // allocations never reach us, and an empty report would lie.
         ENABLED.store(false, Ordering::Release);
-        sys::write_all(
-            2,
+        fdtable::write_stderr(
             b"leakscan: malloc in this process is not leakscan's (the library must be \
               LD_PRELOADed, and the program must not bring its own malloc); leak checking is off\n",
         );
@@ -250,10 +249,7 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
     state::SCAN_NS_TOTAL.fetch_add(result.duration_ns, Ordering::Relaxed);
     drop(lock);
     if !result.complete {
-        sys::write_all(
-            2,
-            b"leakscan: the leak check ran out of memory; no report written\n",
-        );
+        fdtable::write_stderr(b"leakscan: the leak check ran out of memory; no report written\n");
         return 0;
     }
     if !ENABLED.load(Ordering::Acquire) {
@@ -274,9 +270,8 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
     let written = writer::write_report(&dir, report.process.pid, &report.to_json());
     let leaked = report.summary.leaked_blocks;
     match &written {
-        Err(e) => sys::write_all(2, format!("leakscan: {e}\n").as_bytes()),
-        Ok(path) if leaked > 0 && opts.verbosity >= 1 => sys::write_all(
-            2,
+        Err(e) => fdtable::write_stderr(format!("leakscan: {e}\n").as_bytes()),
+        Ok(path) if leaked > 0 && opts.verbosity >= 1 => fdtable::write_stderr(
             format!(
                 "leakscan: {} leaked blocks ({} bytes) in process {}; report: {}\n",
                 leaked,
@@ -286,8 +281,7 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
             )
             .as_bytes(),
         ),
-        Ok(path) if opts.verbosity >= 2 => sys::write_all(
-            2,
+        Ok(path) if opts.verbosity >= 2 => fdtable::write_stderr(
             format!("leakscan: no leaks; report: {}\n", path.display()).as_bytes(),
         ),
         Ok(_) => {}

@@ -18,7 +18,7 @@ use leakscan_core::report::{
     Tool, Trigger, SCHEMA_VERSION,
 };
 use leakscan_core::suppress::{self, Suppressions};
-use leakscan_platform::{modules, sys};
+use leakscan_platform::{fdtable, modules, sys};
 
 use crate::check::{CheckResult, LeakRecord};
 use crate::state::{options, DEPOT, LOADER_GATE};
@@ -38,8 +38,7 @@ fn suppressions() -> &'static [Suppressions] {
         match parsed {
             Ok(set) => vec![set],
             Err(e) => {
-                sys::write_all(
-                    2,
+                fdtable::write_stderr(
                     format!("leakscan: warning: suppressions={path}: {e}; no leaks suppressed\n")
                         .as_bytes(),
                 );

@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use leakscan_core::control::{BlockInfo, BlockState, Cleared, Reply, Request, Stats, MAX_REQUEST};
 use leakscan_core::report::{Report, Trigger};
 use leakscan_platform::net::{self, Conn, Listener};
-use leakscan_platform::{dirs, mem, sys, user};
+use leakscan_platform::{dirs, fdtable, mem, sys, user};
 
 use crate::check::{self, CheckResult, LeakRecord, ScratchVec, EXITING};
 use crate::clock;
@@ -249,8 +249,7 @@ impl Scanner {
         {
             let dir = writer::report_dir(opts.report_dir.as_deref());
             match writer::write_report(&dir, report.process.pid, &report.to_json()) {
-                Ok(path) if opts.verbosity >= 1 => sys::write_all(
-                    2,
+                Ok(path) if opts.verbosity >= 1 => fdtable::write_stderr(
                     format!(
                         "leakscan: {} leaked blocks ({} bytes) so far in process {}; report: {}\n",
                         report.summary.leaked_blocks,
@@ -261,7 +260,7 @@ impl Scanner {
                     .as_bytes(),
                 ),
                 Ok(_) => {}
-                Err(e) => sys::write_all(2, format!("leakscan: {e}\n").as_bytes()),
+                Err(e) => fdtable::write_stderr(format!("leakscan: {e}\n").as_bytes()),
             }
         }
     }
@@ -446,7 +445,9 @@ fn socket_path_of(pid: i32) -> PathBuf {
 
 /// The listening descriptor and the pid it was bound for, so that a fork
 /// child can close the socket it inherited (it binds its own): a
-/// long-lived child must not hold its parent's socket open.
+/// long-lived child must not hold its parent's socket open. Set only where
+/// the socket is in the program's descriptor table: a scanner with a table
+/// of its own (`fdtable`) leaves nothing for a child to inherit.
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 static LISTEN_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -478,13 +479,15 @@ fn bind_socket() -> Option<Listener> {
     BINDING.store(false, Ordering::SeqCst);
     match bound {
         Ok(l) => {
-            LISTEN_PID.store(sys::getpid(), Ordering::Relaxed);
-            LISTEN_FD.store(l.fd(), Ordering::Release);
+            if !fdtable::in_private_table() {
+                LISTEN_PID.store(sys::getpid(), Ordering::Relaxed);
+                LISTEN_FD.store(l.fd(), Ordering::Release);
+            }
             Some(l)
         }
         Err(e) => {
             if options().verbosity >= 1 {
-                sys::write_all(2, format!("leakscan: no control socket: {e}\n").as_bytes());
+                fdtable::write_stderr(format!("leakscan: no control socket: {e}\n").as_bytes());
             }
             None
         }
@@ -494,6 +497,11 @@ fn bind_socket() -> Option<Listener> {
 extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let g = Guard::enter_reentrant();
+    // Before the first descriptor of ours: everything this thread opens
+    // (socket, connections, /proc/self/maps, reports) must stay out of the
+    // program's table, where it could take a number the program has just
+    // closed and means to reuse (see `fdtable`).
+    fdtable::leave_shared_table();
     let opts = options();
     let interval = opts.scan_interval_ms;
     let mut scanner = Scanner::new();
@@ -519,7 +527,8 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
                 }
             }
             Some(_) => {
-                // The program closed our descriptor: bind again.
+                // The program closed our descriptor (possible only where we
+                // share its table): bind again.
                 LISTEN_FD.store(-1, Ordering::Release);
                 if let Some(l) = listener.take() {
                     l.forget();
@@ -589,7 +598,7 @@ pub fn start(_g: &Guard) {
     if !started {
         clock::stop();
         if options().verbosity >= 1 {
-            sys::write_all(2, b"leakscan: could not start the scanner thread\n");
+            fdtable::write_stderr(b"leakscan: could not start the scanner thread\n");
         }
     }
 }
@@ -600,6 +609,7 @@ pub fn start(_g: &Guard) {
 pub fn after_fork_in_child(g: &Guard) {
     // The parent's scanner may have been binding; it does not exist here.
     BINDING.store(false, Ordering::SeqCst);
+    fdtable::forget_after_fork();
     let fd = LISTEN_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         let path = socket_path_of(LISTEN_PID.load(Ordering::Relaxed));

@@ -8,7 +8,7 @@ use leakscan_core::depot::StackDepot;
 use leakscan_core::index::PageMap;
 use leakscan_core::options::Options;
 use leakscan_platform::mem::MmapBacking;
-use leakscan_platform::sys;
+use leakscan_platform::{fdtable, sys};
 
 /// Every live tracked block.
 pub static INDEX: PageMap<MmapBacking> = PageMap::new();
@@ -48,9 +48,9 @@ pub fn set_options(opts: Options) {
 /// Switch tracking off after an internal failure, with one warning (I2).
 pub fn disable_tracking(why: &str) {
     if ENABLED.swap(false, Ordering::AcqRel) {
-        sys::write_all(2, b"leakscan: ");
-        sys::write_all(2, why.as_bytes());
-        sys::write_all(2, b"; leak tracking is off for the rest of this process\n");
+        fdtable::write_stderr(b"leakscan: ");
+        fdtable::write_stderr(why.as_bytes());
+        fdtable::write_stderr(b"; leak tracking is off for the rest of this process\n");
     }
 }
 
