@@ -200,22 +200,9 @@ fn borrow(target: i32) -> i32 {
             return fd as i32;
         }
     }
-    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
-    let mut digits = [0u8; 10];
-    let (mut n, mut len) = (target.max(0) as u32, 0);
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (i, d) in digits[..len].iter().rev().enumerate() {
-        path[14 + i] = *d;
-    }
+    let path = sys::numbered_path(b"/proc/self/fd/", target.max(0) as u32, b"");
     // Appending: a new opening of a regular file starts at offset 0.
-    // SAFETY: path is NUL-terminated (at most 10 digits in 12 zeros).
+    // SAFETY: path is NUL-terminated within the array.
     unsafe {
         libc::open(
             path.as_ptr() as *const libc::c_char,
@@ -273,6 +260,10 @@ mod tests {
         let handle = std::thread::spawn(move || {
             assert!(leave_shared_table());
             write_shared(write_end, b"from the private table\n");
+            // Without pidfd_getfd (before Linux 5.6, or filtered): reopened
+            // through /proc/self/fd.
+            PIDFD.store(-1, Ordering::Relaxed);
+            write_shared(write_end, b"reopened\n");
         });
         handle.join().unwrap();
         // SAFETY: write_end is ours.
@@ -281,7 +272,7 @@ mod tests {
         // SAFETY: read_end is ours; File takes it over and closes it.
         let mut pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(read_end) };
         pipe.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "from the private table\n");
+        assert_eq!(got, "from the private table\nreopened\n");
     }
 
     /// The fallback for kernels before 5.9 closes every copy it made,

@@ -218,30 +218,34 @@ pub fn parse_sigblk(status: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether thread `tid` of this process currently blocks `sig`. Reads
-/// /proc with raw syscalls into a stack buffer: no allocation.
-pub fn thread_blocks_signal(tid: i32, sig: i32) -> bool {
-    let mut path = *b"/proc/self/task/\0\0\0\0\0\0\0\0\0\0\0/status\0\0";
-    let mut digits = [0u8; 11];
-    let mut n = 0;
-    let mut t = tid.max(0) as u32;
+/// `prefix`, `number` in decimal and `suffix`, NUL-terminated, in a stack
+/// buffer (no allocation): a /proc path. Prefix and suffix together are at
+/// most 52 bytes.
+pub(crate) fn numbered_path(prefix: &[u8], number: u32, suffix: &[u8]) -> [u8; 64] {
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (number, 0);
     loop {
-        digits[n] = b'0' + (t % 10) as u8;
-        n += 1;
-        t /= 10;
-        if t == 0 {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
             break;
         }
     }
-    let mut at = 16;
-    for k in (0..n).rev() {
-        path[at] = digits[k];
-        at += 1;
+    digits[..len].reverse();
+    let mut path = [0u8; 64];
+    let mut at = 0;
+    for part in [prefix, &digits[..len], suffix] {
+        path[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
-    for &c in b"/status\0" {
-        path[at] = c;
-        at += 1;
-    }
+    path
+}
+
+/// Whether thread `tid` of this process currently blocks `sig`. Reads
+/// /proc with raw syscalls into a stack buffer: no allocation.
+pub fn thread_blocks_signal(tid: i32, sig: i32) -> bool {
+    let path = numbered_path(b"/proc/self/task/", tid.max(0) as u32, b"/status");
     // SAFETY: path is NUL-terminated within the array.
     let fd = unsafe {
         libc::open(
