@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leakscan_core::control::Reply;
 use leakscan_core::report::{LeakKind, Report, Trigger};
 
-use crate::harness::{build, leakscan_for, preloaded, workdir, Spec};
+use crate::harness::{bare, build, leakscan_for, preloaded, workdir, Spec};
 
 /// A fixture started with the agent preloaded; killed if the test fails.
 pub(crate) struct Live {
@@ -642,4 +642,88 @@ fn a_requested_scan_reports_no_leak_younger_than_min_age() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `unshare(CLONE_NEWUSER)` and `setns` into a mount namespace fail with
+/// EINVAL in a process with other threads, and leakscan's scanner and
+/// marker threads are such threads: `unshare -U`, bubblewrap and rootless
+/// container tools failed under leakscan. They now stand down for the call
+/// and the scanner starts again after it.
+#[test]
+fn unshare_and_setns_succeed_and_scans_go_on_after_them() {
+    let dir = workdir("live_namespaces");
+    let binary = build(&Spec::load("live_namespaces.c"), &dir);
+    let alone = bare(&binary)
+        .current_dir(&dir)
+        .output()
+        .expect("run the fixture bare");
+    let bare_out = String::from_utf8_lossy(&alone.stdout).into_owned();
+    assert!(
+        bare_out.contains("unshare 0\n"),
+        "this kernel refuses unshare(CLONE_NEWUSER) even without leakscan \
+         (user.max_user_namespaces?), so nothing can be checked here: {bare_out}"
+    );
+    let mut live = Live::start(&dir, &binary, &[], "scan_interval=0.05");
+    let mut out = BufReader::new(live.child.stdout.take().unwrap());
+    let mut under = String::new();
+    while !under.ends_with("ready\n") {
+        let before = under.len();
+        out.read_line(&mut under).expect("read the fixture");
+        assert!(under.len() > before, "the fixture ended early: {under}");
+    }
+    assert_eq!(
+        under, bare_out,
+        "leakscan changed what setns/unshare return"
+    );
+    // The scanner is back: it answers, and a scan finds the block lost
+    // after the calls.
+    live.wait_for_socket();
+    let pid = live.pid().to_string();
+    let (code, report, err) = live.leakscan(&["scan", &pid, "--min-age", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let report = parse_report(&report);
+    assert_eq!(
+        (report.summary.leaked_blocks, report.summary.leaked_bytes),
+        (1, 48),
+        "{:?}",
+        report.leaks
+    );
+    writeln!(live.child.stdin.take().unwrap(), "exit").unwrap();
+    let status = live.child.wait().expect("wait for the fixture");
+    assert_eq!(status.code(), Some(0));
+    let exit = parse_report(&fs::read_to_string(live.reports.join(format!("{pid}.json"))).unwrap());
+    assert_eq!(exit.scan.trigger, Trigger::Exit);
+    assert_eq!(exit.summary.leaked_blocks, 1, "{:?}", exit.leaks);
+    assert!(!live.socket().exists(), "the socket outlived the process");
+
+    // With the default report directory, /tmp/leakscan-<uid>: inside the
+    // new namespace getuid() says 65534, but the report belongs where the
+    // user who ran the program looks, the directory of the uid it had.
+    let uid = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&dir).unwrap());
+    let mut cmd = bare(&binary);
+    let run = cmd
+        .current_dir(&dir)
+        .env("LD_PRELOAD", crate::harness::agent_library())
+        .env("LEAKSCAN_OPTIONS", "scan_interval=0.05:verbosity=0")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run the fixture with the default report directory");
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), bare_out);
+    let pid: u32 = String::from_utf8_lossy(&run.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("pid ")?.parse().ok())
+        .expect("the fixture prints its pid on stderr");
+    let expected = PathBuf::from(format!("/tmp/leakscan-{uid}/{pid}.json"));
+    let found = fs::read_to_string(&expected);
+    let _ = fs::remove_file(&expected);
+    assert!(found.is_ok(), "no report at {}", expected.display());
+    // Not a stale report of another process that had the same pid.
+    let report = parse_report(&found.unwrap());
+    assert!(
+        report.process.exe.ends_with("live_namespaces"),
+        "{:?}",
+        report.process
+    );
+    assert_eq!(report.summary.leaked_blocks, 1);
 }

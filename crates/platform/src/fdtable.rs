@@ -93,8 +93,8 @@ pub fn leave_shared_table() -> bool {
 /// loop up to RLIMIT_NOFILE could be a million system calls). The copies
 /// exist for the microseconds this takes.
 fn unshare_and_close_copies() -> bool {
-    // SAFETY: unshare takes no pointers and affects the calling thread only.
-    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+    // The system call, not glibc's wrapper: leakscan interposes `unshare`.
+    if sys::unshare_syscall(libc::CLONE_FILES) != 0 {
         return false;
     }
     // SAFETY: a NUL-terminated path and plain flags.

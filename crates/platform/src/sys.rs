@@ -91,6 +91,13 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ms: u64) {
     };
 }
 
+/// Sleep for `ms` milliseconds (less if a signal interrupts). Allocates
+/// nothing; async-signal-safe.
+pub fn sleep_ms(ms: u64) {
+    let word = AtomicU32::new(0);
+    futex_wait(&word, 0, ms);
+}
+
 /// Wake every waiter on a futex word. Async-signal-safe.
 pub fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: the word is a valid aligned u32.
@@ -216,6 +223,29 @@ pub fn parse_sigblk(status: &[u8]) -> Option<u64> {
     hex.try_fold(0u64, |acc, &c| {
         Some(acc << 4 | (c as char).to_digit(16)? as u64)
     })
+}
+
+/// unshare(2) as the system call itself (leakscan's `unshare` interposes
+/// glibc's): 0, or -1 with errno set.
+pub fn unshare_syscall(flags: i32) -> i32 {
+    // SAFETY: unshare takes no pointers.
+    unsafe { libc::syscall(libc::SYS_unshare, flags) as i32 }
+}
+
+/// setns(2) as the system call itself (leakscan's `setns` interposes
+/// glibc's): 0, or -1 with errno set.
+pub fn setns_syscall(fd: i32, nstype: i32) -> i32 {
+    // SAFETY: setns takes no pointers.
+    unsafe { libc::syscall(libc::SYS_setns, fd, nstype) as i32 }
+}
+
+/// Whether thread `tid` is still part of this process: listed in
+/// /proc/self/task, which the kernel stops doing when it releases the
+/// thread (after its last touch of its stack). Opens no descriptor.
+pub fn thread_exists(tid: i32) -> bool {
+    let path = numbered_path(b"/proc/self/task/", tid.max(0) as u32, b"");
+    // SAFETY: path is NUL-terminated within the array.
+    unsafe { libc::access(path.as_ptr() as *const libc::c_char, libc::F_OK) == 0 }
 }
 
 /// `prefix`, `number` in decimal and `suffix`, NUL-terminated, in a stack

@@ -115,6 +115,11 @@ pub struct CheckResult {
 /// so the exact check can start.
 pub static EXITING: AtomicBool = AtomicBool::new(false);
 
+/// Set while a program thread needs the process to itself (`unshare`,
+/// `setns`: see `namespaces`): a live scan in progress gives up, and
+/// leakscan's threads end.
+pub static RETIRING: AtomicBool = AtomicBool::new(false);
+
 /// glibc's non-main arenas live in heaps of this size, aligned to it.
 const HEAP_MAX: usize = 64 << 20;
 const PAGE: usize = 4096;
@@ -255,7 +260,9 @@ fn check_locked(
     let give_up = || match mode {
         Mode::Exact { .. } => false,
         Mode::Live { quarantine_budget } => {
-            EXITING.load(Ordering::Relaxed) || quarantine::deferred().1 > quarantine_budget
+            EXITING.load(Ordering::Relaxed)
+                || RETIRING.load(Ordering::Relaxed)
+                || quarantine::deferred().1 > quarantine_budget
         }
     };
     let mut marker = Marker::new(&INDEX, block_extent as ExtentOf);

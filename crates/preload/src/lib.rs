@@ -39,6 +39,7 @@ mod cxx;
 mod guard;
 mod hooks;
 mod markers;
+mod namespaces;
 mod own_heap;
 mod quarantine;
 mod report;

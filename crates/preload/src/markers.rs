@@ -40,14 +40,14 @@
 //! are inherited and no thread of the child uses them).
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use leakscan_core::options::{DEFAULT_SCAN_THREADS, MAX_SCAN_THREADS};
 use leakscan_core::scan::{MarkPool, Marker};
 use leakscan_platform::mem::{self, MmapBacking};
 use leakscan_platform::{sys, threads as pt};
 
-use crate::check::{block_extent, ExtentOf};
+use crate::check::{block_extent, ExtentOf, RETIRING};
 use crate::guard::Guard;
 use crate::state::{options, INDEX};
 use crate::threads;
@@ -68,6 +68,9 @@ static POSTED: AtomicU32 = AtomicU32::new(0);
 static JOB: AtomicUsize = AtomicUsize::new(0);
 /// Helpers between looking at `JOB` and being done with what they found.
 static BUSY: AtomicU32 = AtomicU32::new(0);
+/// Each helper's kernel thread id, published as its first act (0 before),
+/// for [`retire`] to wait on.
+static TIDS: [AtomicI32; MAX_HELPERS] = [const { AtomicI32::new(0) }; MAX_HELPERS];
 
 /// What helpers need to join a mark.
 pub struct Job<'a> {
@@ -115,8 +118,9 @@ pub fn prepare(_g: &Guard) -> usize {
                 stack as *mut u8,
                 STACK_BYTES,
                 helper_main,
-                // Jobs posted after this one are the helper's to join.
-                POSTED.load(Ordering::Acquire) as usize as *mut c_void,
+                // Its index, and the job count: jobs posted after this one
+                // are the helper's to join.
+                ((have << 32) | POSTED.load(Ordering::Acquire) as usize) as *mut c_void,
             )
         };
         if !started {
@@ -160,12 +164,18 @@ pub fn pause(round: u32) {
     }
 }
 
-extern "C" fn helper_main(posted_before: *mut c_void) -> *mut c_void {
+extern "C" fn helper_main(arg: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let _g = Guard::enter_reentrant();
+    let (index, posted_before) = (arg as usize >> 32, arg as usize as u32);
+    TIDS[index].store(sys::gettid(), Ordering::Release);
     // Not POSTED as it is now: the job that made us may be posted already.
-    let mut seen = posted_before as usize as u32;
+    let mut seen = posted_before;
     loop {
+        if RETIRING.load(Ordering::Acquire) {
+            // Between jobs: a mark in progress goes on without us.
+            return core::ptr::null_mut();
+        }
         let posted = POSTED.load(Ordering::Acquire);
         if posted == seen {
             sys::futex_wait(&POSTED, seen, 60_000);
@@ -192,9 +202,48 @@ extern "C" fn helper_main(posted_before: *mut c_void) -> *mut c_void {
     }
 }
 
+/// Whether helper threads run in this process.
+pub fn running() -> bool {
+    SPAWNED.load(Ordering::Acquire) > 0
+}
+
+/// With `check::RETIRING` set and the scan lock held (no check posts
+/// jobs): end every helper and wait until the kernel has released it, so
+/// that the process holds only the program's threads and the scanner.
+/// The next check makes new helpers, on the same stacks. False if one did
+/// not end in time (the count then stays, and no helper is made twice).
+pub fn retire() -> bool {
+    let have = SPAWNED.load(Ordering::Acquire);
+    if have == 0 {
+        return true;
+    }
+    // Wake the parked helpers: they see no job, then the flag.
+    POSTED.fetch_add(1, Ordering::SeqCst);
+    sys::futex_wake_all(&POSTED);
+    let deadline = sys::monotonic_ns() + 2_000_000_000;
+    for tid in &TIDS[..have] {
+        loop {
+            let t = tid.load(Ordering::Acquire);
+            if t != 0 && !sys::thread_exists(t) {
+                tid.store(0, Ordering::Relaxed);
+                break;
+            }
+            if sys::monotonic_ns() >= deadline {
+                return false;
+            }
+            sys::sleep_ms(1);
+        }
+    }
+    SPAWNED.store(0, Ordering::Release);
+    true
+}
+
 /// In a fork child: the parent's helpers do not exist here.
 pub fn after_fork_in_child() {
     SPAWNED.store(0, Ordering::Release);
+    for tid in &TIDS {
+        tid.store(0, Ordering::Relaxed);
+    }
     JOB.store(0, Ordering::Release);
     BUSY.store(0, Ordering::Release);
 }

@@ -48,7 +48,7 @@ use leakscan_core::report::{Report, Trigger};
 use leakscan_platform::net::{self, Conn, Listener};
 use leakscan_platform::{dirs, fdtable, mem, sys, user};
 
-use crate::check::{self, CheckResult, LeakRecord, ScratchVec, EXITING};
+use crate::check::{self, CheckResult, LeakRecord, ScratchVec, EXITING, RETIRING};
 use crate::clock;
 use crate::guard::Guard;
 use crate::quarantine;
@@ -72,8 +72,14 @@ const DISCARD_WAIT_MS: i32 = 500;
 /// and gives that back when it ends.
 const MIN_QUARANTINE_BUDGET: usize = 64 << 20;
 
-/// The scanner's stack, mapped once and reused by a fork child's scanner.
+/// The scanner's stack, mapped once and reused by a fork child's scanner
+/// and by a scanner started again after `retire`.
 static STACK: AtomicUsize = AtomicUsize::new(0);
+/// Whether a scanner thread was started in this process (and has not been
+/// retired).
+static SCANNER_LIVE: AtomicBool = AtomicBool::new(false);
+/// The scanner thread's kernel id, published as its first act (0 before).
+static SCANNER_TID: AtomicI32 = AtomicI32::new(0);
 
 /// A block that was unreferenced in the last scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +180,10 @@ impl Scanner {
     }
 
     fn scan_once(&mut self, g: &Guard, trigger: Trigger, min_age_ms: u64) -> Outcome {
-        if EXITING.load(Ordering::Acquire) || !ENABLED.load(Ordering::Acquire) {
+        if EXITING.load(Ordering::Acquire)
+            || RETIRING.load(Ordering::Acquire)
+            || !ENABLED.load(Ordering::Acquire)
+        {
             return Outcome::GaveUp;
         }
         let opts = options();
@@ -497,6 +506,7 @@ fn bind_socket() -> Option<Listener> {
 extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
     // Held for the thread's whole life: nothing it does is tracked.
     let g = Guard::enter_reentrant();
+    SCANNER_TID.store(sys::gettid(), Ordering::Release);
     // Before the first descriptor of ours: everything this thread opens
     // (socket, connections, /proc/self/maps, reports) must stay out of the
     // program's table, where it could take a number the program has just
@@ -514,6 +524,13 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
     loop {
         if EXITING.load(Ordering::Acquire) {
             park();
+        }
+        if RETIRING.load(Ordering::Acquire) {
+            // The thread ends; with it its descriptor table and the socket
+            // (whose file the listener removes). `retire` waits for the
+            // kernel to let it go.
+            drop(listener);
+            return core::ptr::null_mut();
         }
         clock::tick();
         let now = sys::monotonic_ns() / 1_000_000;
@@ -535,7 +552,7 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
                 }
                 listener = bind_socket();
             }
-            None => sleep_ms(wait_ms as u64),
+            None => sys::sleep_ms(wait_ms as u64),
         }
         let now = sys::monotonic_ns() / 1_000_000;
         if let Some(t) = next_scan {
@@ -547,15 +564,10 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
     }
 }
 
-fn sleep_ms(ms: u64) {
-    let word = core::sync::atomic::AtomicU32::new(0);
-    sys::futex_wait(&word, 0, ms);
-}
-
 /// The process is exiting: never scan or answer again.
 fn park() -> ! {
     loop {
-        sleep_ms(60_000);
+        sys::sleep_ms(60_000);
     }
 }
 
@@ -595,7 +607,9 @@ pub fn start(_g: &Guard) {
             core::ptr::null_mut(),
         )
     };
-    if !started {
+    if started {
+        SCANNER_LIVE.store(true, Ordering::Release);
+    } else {
         clock::stop();
         if options().verbosity >= 1 {
             fdtable::write_stderr(b"leakscan: could not start the scanner thread\n");
@@ -610,6 +624,8 @@ pub fn after_fork_in_child(g: &Guard) {
     // The parent's scanner may have been binding; it does not exist here.
     BINDING.store(false, Ordering::SeqCst);
     fdtable::forget_after_fork();
+    SCANNER_LIVE.store(false, Ordering::Relaxed);
+    SCANNER_TID.store(0, Ordering::Relaxed);
     let fd = LISTEN_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
         let path = socket_path_of(LISTEN_PID.load(Ordering::Relaxed));
@@ -619,6 +635,40 @@ pub fn after_fork_in_child(g: &Guard) {
         start(g);
     }
 }
+
+/// Whether a scanner thread runs in this process.
+pub fn running() -> bool {
+    SCANNER_LIVE.load(Ordering::Acquire)
+}
+
+/// With `check::RETIRING` set: wait until the scanner thread has ended and
+/// the kernel has released it (its live scan gives up; it looks at the
+/// flag at least every tick). True if it was running and is gone: `start`
+/// may then use its stack again. False if none ran, or if it did not end
+/// within `RETIRE_WAIT_MS` (it then goes on as before once the flag is
+/// cleared, or ends then: either way no second scanner may start).
+pub fn retire() -> bool {
+    if !SCANNER_LIVE.load(Ordering::Acquire) {
+        return false;
+    }
+    let deadline = sys::monotonic_ns() + RETIRE_WAIT_MS * 1_000_000;
+    while sys::monotonic_ns() < deadline {
+        // Published as the thread's first act; it may not have run yet.
+        let tid = SCANNER_TID.load(Ordering::Acquire);
+        if tid != 0 && !sys::thread_exists(tid) {
+            SCANNER_TID.store(0, Ordering::Relaxed);
+            SCANNER_LIVE.store(false, Ordering::Release);
+            return true;
+        }
+        sys::sleep_ms(1);
+    }
+    false
+}
+
+/// How long `retire` waits for the scanner thread to end: a live scan
+/// gives up within milliseconds, a connection being served within its
+/// timeouts.
+const RETIRE_WAIT_MS: u64 = 10_000;
 
 /// The process is exiting: remove our socket (the thread parks itself, and
 /// removes the socket itself if it was still binding it).

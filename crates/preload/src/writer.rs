@@ -6,10 +6,15 @@
 //! open descriptor (`platform::dirs::PrivateDir`), and the files are made
 //! relative to it with O_EXCL|O_NOFOLLOW.
 
+use core::sync::atomic::{AtomicI64, Ordering};
 use std::path::{Path, PathBuf};
 
 use leakscan_core::options::default_report_dir;
 use leakscan_platform::{dirs, sys, user};
+
+/// The uid whose default directory reports go to, once the process is
+/// about to change namespaces (-1: none pinned; the current uid counts).
+static PINNED_UID: AtomicI64 = AtomicI64::new(-1);
 
 /// The report directory in force for this process.
 pub fn report_dir(configured: Option<&str>) -> PathBuf {
@@ -17,9 +22,24 @@ pub fn report_dir(configured: Option<&str>) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => {
             let xdg = sys::getenv(c"XDG_RUNTIME_DIR").and_then(|v| std::str::from_utf8(v).ok());
-            PathBuf::from(default_report_dir(xdg, user::uid()))
+            let pinned = PINNED_UID.load(Ordering::Acquire);
+            let uid = u32::try_from(pinned).unwrap_or_else(|_| user::uid());
+            PathBuf::from(default_report_dir(xdg, uid))
         }
     }
+}
+
+/// Keep the default report directory of the uid the process has now. In a
+/// new user namespace without a mapping, getuid() says 65534 although the
+/// files the process creates are still its old uid's, and that user looks
+/// for the report in their own directory (`leakscan report`).
+pub fn pin_default_dir() {
+    let _ = PINNED_UID.compare_exchange(
+        -1,
+        i64::from(user::uid()),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
 }
 
 /// Write `json` as `<dir>/<pid>.json`, atomically. Returns the path.
