@@ -52,6 +52,7 @@ fixture_tests! {
     lsan_recoverable_check => "lsan_recoverable_check.c",
     lsan_do_leak_check => "lsan_do_leak_check.c",
     argv_env_copies => "argv_env_copies.c",
+    main_thread_exits_first => "main_thread_exits_first.c",
 }
 
 /// Fixtures whose tests add checks of their own (here and in golden.rs).

@@ -73,16 +73,22 @@ pub fn parse_line(line: &[u8]) -> Option<Mapping<'_>> {
     })
 }
 
-/// Read /proc/self/maps into `buf` with raw syscalls; returns the bytes read,
-/// or None if the file could not be opened or did not fit.
+/// Read the process's mappings into `buf` with raw syscalls; returns the
+/// bytes read, or None if the file could not be opened or did not fit.
+///
+/// Through /proc/thread-self: /proc/self names the main thread, and once
+/// that has called `pthread_exit` its maps read empty while the process
+/// goes on (every root in a mapping would be missed).
 pub fn read_maps(buf: &mut [u8]) -> Option<usize> {
-    // SAFETY: the path is a NUL-terminated literal.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
+    let open = |path: &core::ffi::CStr| {
+        // SAFETY: the path is NUL-terminated.
+        unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
     };
+    let mut fd = open(c"/proc/thread-self/maps");
+    if fd < 0 {
+        // Linux before 3.17.
+        fd = open(c"/proc/self/maps");
+    }
     if fd < 0 {
         return None;
     }

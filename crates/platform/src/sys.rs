@@ -125,7 +125,10 @@ pub fn read_self(addr: usize, buf: &mut [u8]) -> usize {
     };
     // SAFETY: the local iovec describes our own writable buffer; the remote
     // one is only read by the kernel, which checks it.
-    let n = unsafe { libc::process_vm_readv(getpid(), &local, 1, &remote, 1, 0) };
+    // By the calling thread's id: the process id names the main thread,
+    // which has no memory to read once it has called `pthread_exit` while
+    // other threads go on.
+    let n = unsafe { libc::process_vm_readv(gettid(), &local, 1, &remote, 1, 0) };
     n.max(0) as usize
 }
 
@@ -188,9 +191,18 @@ pub const EAGAIN: i32 = libc::EAGAIN;
 pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
 pub const O_CLOEXEC: i32 = libc::O_CLOEXEC;
 
-/// The process's resident set size in bytes (`/proc/self/statm`), or 0.
+/// A file of /proc about the whole process (its memory, executable or
+/// command line), read through /proc/thread-self: /proc/self names the
+/// main thread, whose files read empty once it has called `pthread_exit`
+/// while other threads go on. /proc/self before Linux 3.17.
+pub fn read_process_file(name: &str) -> Option<Vec<u8>> {
+    read_file(&format!("/proc/thread-self/{name}"))
+        .or_else(|| read_file(&format!("/proc/self/{name}")))
+}
+
+/// The process's resident set size in bytes (`statm`), or 0.
 pub fn resident_bytes() -> usize {
-    let Some(text) = read_file("/proc/self/statm") else {
+    let Some(text) = read_process_file("statm") else {
         return 0;
     };
     let pages = std::str::from_utf8(&text)

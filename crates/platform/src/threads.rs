@@ -7,6 +7,7 @@
 //! agent's reentrancy guard held, never from inside a malloc hook.
 
 use core::ffi::{c_int, c_void, CStr};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 pub use libc::{pthread_attr_t, pthread_t};
 
@@ -142,6 +143,61 @@ fn dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(handle, name.as_ptr()) }
 }
 
+/// The address of glibc's `__nptl_nthreads` (0: not looked up yet; 1:
+/// absent). See [`uncount_internal_thread`].
+static NPTL_NTHREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Look up glibc's count of running threads, `__nptl_nthreads`
+/// (GLIBC_PRIVATE, exported for libthread_db, as LeakSanitizer reads
+/// `_thread_db_sizeof_pthread`). Allocates: call at start-up.
+pub fn resolve_thread_count() {
+    if NPTL_NTHREADS.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    // SAFETY: NUL-terminated names; dlvsym tolerates unknown ones.
+    let p = unsafe {
+        libc::dlvsym(
+            libc::RTLD_DEFAULT,
+            c"__nptl_nthreads".as_ptr(),
+            c"GLIBC_PRIVATE".as_ptr(),
+        )
+    };
+    let aligned = !p.is_null() && (p as usize) % core::mem::align_of::<AtomicU32>() == 0;
+    let addr = if aligned { p as usize } else { 1 };
+    NPTL_NTHREADS.store(addr, Ordering::Release);
+}
+
+fn thread_count() -> Option<&'static AtomicU32> {
+    let addr = NPTL_NTHREADS.load(Ordering::Acquire);
+    // SAFETY: a non-sentinel address is glibc's `unsigned int
+    // __nptl_nthreads`, aligned (checked), which glibc itself only changes
+    // with atomic instructions; it lives as long as libc.
+    (addr > 1).then(|| unsafe { &*(addr as *const AtomicU32) })
+}
+
+/// Take a thread leakscan just started out of glibc's count of running
+/// threads. glibc ends the process with `exit(0)` when the thread that
+/// leaves `start_thread` takes that count to 0: that is how a program whose
+/// main thread called `pthread_exit` ends when its last thread returns,
+/// and how a fork child made by a thread other than main ends when that
+/// thread returns. Counted, leakscan's threads (which never return) kept
+/// such processes alive forever. Call from the thread that created it,
+/// which is a running thread of the program's, so the count cannot reach
+/// 0 in between. Without the symbol, nothing is done.
+pub fn uncount_internal_thread() {
+    if let Some(count) = thread_count() {
+        count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A thread of leakscan's is about to end (see `namespaces`): count it
+/// again, since `start_thread` takes every ending thread out of the count.
+pub fn recount_internal_thread() {
+    if let Some(count) = thread_count() {
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// glibc's `pthread_create`, the next definition after ours. Allocates.
 pub fn real_pthread_create() -> Option<PthreadCreate> {
     let p = dlsym(libc::RTLD_NEXT, c"pthread_create");
@@ -247,7 +303,10 @@ pub fn global_symbol(name: &CStr) -> usize {
 /// Start a detached thread running `start(arg)` on `stack` (a mapping of
 /// `len` bytes the caller owns), with every signal blocked: signals meant
 /// for the program must never run its handlers on leakscan's thread. The
-/// caller's signal mask is restored before returning.
+/// caller's signal mask is restored before returning. The thread does not
+/// count among the program's for glibc's exit after the last thread
+/// ([`uncount_internal_thread`]); one that ends calls
+/// [`recount_internal_thread`] first.
 ///
 /// # Safety
 /// `create` is the real `pthread_create`; `stack` is a writable mapping of
@@ -275,6 +334,9 @@ pub unsafe fn spawn_internal(
         if ok {
             let mut thread: pthread_t = 0;
             ok = create(&mut thread, &attr, start, arg) == 0;
+            if ok {
+                uncount_internal_thread();
+            }
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);

@@ -174,6 +174,7 @@ extern "C" fn helper_main(arg: *mut c_void) -> *mut c_void {
     loop {
         if RETIRING.load(Ordering::Acquire) {
             // Between jobs: a mark in progress goes on without us.
+            pt::recount_internal_thread();
             return core::ptr::null_mut();
         }
         let posted = POSTED.load(Ordering::Acquire);

@@ -58,7 +58,9 @@ struct ModuleInfo {
 
 /// Path of the running executable (the loader names it "").
 fn exe_path() -> String {
-    std::fs::read_link("/proc/self/exe")
+    // /proc/self names the main thread: see `sys::read_process_file`.
+    std::fs::read_link("/proc/thread-self/exe")
+        .or_else(|_| std::fs::read_link("/proc/self/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
@@ -138,7 +140,7 @@ pub fn stack_frames(id: u32, symbolize: bool) -> Vec<Frame> {
 }
 
 fn process(exe: String) -> Process {
-    let argv = sys::read_file("/proc/self/cmdline")
+    let argv = sys::read_process_file("cmdline")
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())

@@ -530,6 +530,7 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
             // (whose file the listener removes). `retire` waits for the
             // kernel to let it go.
             drop(listener);
+            leakscan_platform::threads::recount_internal_thread();
             return core::ptr::null_mut();
         }
         clock::tick();

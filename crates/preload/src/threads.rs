@@ -96,6 +96,7 @@ pub fn init(_g: &Guard) {
         }
     }
     resolve_create();
+    pt::resolve_thread_count();
     if let Some((tls, tcb)) = pt::static_tls_geometry() {
         TLS_GEOMETRY.0.store(tls, Ordering::Relaxed);
         TLS_GEOMETRY.1.store(tcb, Ordering::Relaxed);
