@@ -162,7 +162,7 @@ pub fn resolve_thread_count() {
             c"GLIBC_PRIVATE".as_ptr(),
         )
     };
-    let aligned = !p.is_null() && (p as usize) % core::mem::align_of::<AtomicU32>() == 0;
+    let aligned = !p.is_null() && (p as usize).is_multiple_of(core::mem::align_of::<AtomicU32>());
     let addr = if aligned { p as usize } else { 1 };
     NPTL_NTHREADS.store(addr, Ordering::Release);
 }
