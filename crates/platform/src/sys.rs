@@ -132,6 +132,12 @@ pub fn read_self(addr: usize, buf: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
+/// End the process with `code` as `exit` does: exit handlers, stdio.
+pub fn exit_normally(code: i32) -> ! {
+    // SAFETY: exit never returns and has no preconditions.
+    unsafe { libc::exit(code) }
+}
+
 /// End the process now with `code`, without running exit handlers.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.

@@ -7,7 +7,7 @@
 //! agent's reentrancy guard held, never from inside a malloc hook.
 
 use core::ffi::{c_int, c_void, CStr};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 pub use libc::{pthread_attr_t, pthread_t};
 
@@ -186,8 +186,24 @@ fn thread_count() -> Option<&'static AtomicU32> {
 /// 0 in between. Without the symbol, nothing is done.
 pub fn uncount_internal_thread() {
     if let Some(count) = thread_count() {
-        count.fetch_sub(1, Ordering::SeqCst);
+        if count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The creator was a thread of leakscan's (a marker thread made
+            // by the scanner), and the program's last thread ended after
+            // pthread_create counted the new one: its exit(0) did not
+            // happen, and is leakscan's to make (`program_ended`).
+            PROGRAM_ENDED.store(true, Ordering::SeqCst);
+        }
     }
+}
+
+/// Set when glibc's count of the program's threads reached 0 at leakscan's
+/// hand (see [`uncount_internal_thread`]).
+static PROGRAM_ENDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the program's last thread has ended without glibc's `exit(0)`:
+/// the scanner then calls it.
+pub fn program_ended() -> bool {
+    PROGRAM_ENDED.load(Ordering::Acquire)
 }
 
 /// A thread of leakscan's is about to end (see `namespaces`): count it

@@ -525,6 +525,12 @@ extern "C" fn main_loop(_arg: *mut c_void) -> *mut c_void {
         if EXITING.load(Ordering::Acquire) {
             park();
         }
+        if leakscan_platform::threads::program_ended() {
+            // glibc's exit(0) after the last thread, which leakscan's own
+            // count kept from happening (outside the scan lock: the exit
+            // check takes it).
+            sys::exit_normally(0);
+        }
         if RETIRING.load(Ordering::Acquire) {
             // The thread ends; with it its descriptor table and the socket
             // (whose file the listener removes). `retire` waits for the
