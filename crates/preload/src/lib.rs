@@ -248,7 +248,8 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
     );
     state::SCANS.fetch_add(1, Ordering::Relaxed);
     state::SCAN_NS_TOTAL.fetch_add(result.duration_ns, Ordering::Relaxed);
-    drop(lock);
+    // Held until the report is written: a periodic report the scanner built
+    // meanwhile must not be written over it (see `scanner::periodic`).
     if !result.complete {
         fdtable::write_stderr(b"leakscan: the leak check ran out of memory; no report written\n");
         return 0;
@@ -287,6 +288,7 @@ pub fn checked_report(entry_sp: usize, kind: CheckKind) -> u64 {
         ),
         Ok(_) => {}
     }
+    drop(lock);
     if leaked > 0 && opts.exitcode != 0 && kind != CheckKind::Recoverable {
         scanner::shut_down();
         sys::flush_stdio();

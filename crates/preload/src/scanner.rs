@@ -48,6 +48,7 @@ use leakscan_core::report::{Report, Trigger};
 use leakscan_platform::net::{self, Conn, Listener};
 use leakscan_platform::{dirs, fdtable, mem, sys, user};
 
+use crate::annotations;
 use crate::check::{self, CheckResult, LeakRecord, ScratchVec, EXITING, RETIRING};
 use crate::clock;
 use crate::guard::Guard;
@@ -257,7 +258,18 @@ impl Scanner {
         } = self.scan(g, Trigger::Periodic, opts.min_age_ms, false)
         {
             let dir = writer::report_dir(opts.report_dir.as_deref());
-            match writer::write_report(&dir, report.process.pid, &report.to_json()) {
+            let json = report.to_json();
+            // The exit check's report (or `__lsan_do_leak_check`'s) is the
+            // last word: a periodic one built while it ran must not replace
+            // it. Both are written under the scan lock, and the exit path
+            // says so (EXITING, FINAL_CHECK_DONE) before it takes the lock.
+            let _lock = SCAN_LOCK.lock();
+            if EXITING.load(Ordering::Acquire)
+                || annotations::FINAL_CHECK_DONE.load(Ordering::Acquire)
+            {
+                return;
+            }
+            match writer::write_report(&dir, report.process.pid, &json) {
                 Ok(path) if opts.verbosity >= 1 => fdtable::write_stderr(
                     format!(
                         "leakscan: {} leaked blocks ({} bytes) so far in process {}; report: {}\n",
