@@ -151,9 +151,10 @@ fn descriptor_number(name: &[u8]) -> Option<i32> {
         return None;
     }
     digits.iter().try_fold(0i32, |v, &c| {
-        c.is_ascii_digit()
-            .then_some(())
-            .and_then(|()| v.checked_mul(10)?.checked_add((c - b'0') as i32))
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v.checked_mul(10)?.checked_add((c - b'0') as i32)
     })
 }
 

@@ -7,7 +7,7 @@
 //! agent's reentrancy guard held, never from inside a malloc hook.
 
 use core::ffi::{c_int, c_void, CStr};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 pub use libc::{pthread_attr_t, pthread_t};
 
@@ -181,9 +181,10 @@ fn thread_count() -> Option<&'static AtomicU32> {
 /// main thread called `pthread_exit` ends when its last thread returns,
 /// and how a fork child made by a thread other than main ends when that
 /// thread returns. Counted, leakscan's threads (which never return) kept
-/// such processes alive forever. Call from the thread that created it,
-/// which is a running thread of the program's, so the count cannot reach
-/// 0 in between. Without the symbol, nothing is done.
+/// such processes alive forever. Called by the thread that created it:
+/// when that is a thread of the program's, it is running, so the count
+/// cannot reach 0 in between; when it is the scanner, it may, and then
+/// [`program_ended`] says so. Without the symbol, nothing is done.
 pub fn uncount_internal_thread() {
     if let Some(count) = thread_count() {
         if count.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -204,6 +205,25 @@ static PROGRAM_ENDED: AtomicBool = AtomicBool::new(false);
 /// the scanner then calls it.
 pub fn program_ended() -> bool {
     PROGRAM_ENDED.load(Ordering::Acquire)
+}
+
+/// Wait until the thread whose kernel id `tid` holds (published by the
+/// thread as its first act, 0 until then) has ended and the kernel has
+/// released it: gone from /proc/self/task, so its stack is free and it no
+/// longer counts as one of the process's threads. Clears `tid` then and
+/// returns true; false at `deadline_ns` (CLOCK_MONOTONIC).
+pub fn wait_for_release(tid: &AtomicI32, deadline_ns: u64) -> bool {
+    loop {
+        let t = tid.load(Ordering::Acquire);
+        if t != 0 && !crate::sys::thread_exists(t) {
+            tid.store(0, Ordering::Relaxed);
+            return true;
+        }
+        if crate::sys::monotonic_ns() >= deadline_ns {
+            return false;
+        }
+        crate::sys::sleep_ms(1);
+    }
 }
 
 /// A thread of leakscan's is about to end (see `namespaces`): count it

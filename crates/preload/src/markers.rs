@@ -222,18 +222,11 @@ pub fn retire() -> bool {
     POSTED.fetch_add(1, Ordering::SeqCst);
     sys::futex_wake_all(&POSTED);
     let deadline = sys::monotonic_ns() + 2_000_000_000;
-    for tid in &TIDS[..have] {
-        loop {
-            let t = tid.load(Ordering::Acquire);
-            if t != 0 && !sys::thread_exists(t) {
-                tid.store(0, Ordering::Relaxed);
-                break;
-            }
-            if sys::monotonic_ns() >= deadline {
-                return false;
-            }
-            sys::sleep_ms(1);
-        }
+    if !TIDS[..have]
+        .iter()
+        .all(|tid| pt::wait_for_release(tid, deadline))
+    {
+        return false;
     }
     SPAWNED.store(0, Ordering::Release);
     true

@@ -671,17 +671,11 @@ pub fn retire() -> bool {
         return false;
     }
     let deadline = sys::monotonic_ns() + RETIRE_WAIT_MS * 1_000_000;
-    while sys::monotonic_ns() < deadline {
-        // Published as the thread's first act; it may not have run yet.
-        let tid = SCANNER_TID.load(Ordering::Acquire);
-        if tid != 0 && !sys::thread_exists(tid) {
-            SCANNER_TID.store(0, Ordering::Relaxed);
-            SCANNER_LIVE.store(false, Ordering::Release);
-            return true;
-        }
-        sys::sleep_ms(1);
+    let gone = leakscan_platform::threads::wait_for_release(&SCANNER_TID, deadline);
+    if gone {
+        SCANNER_LIVE.store(false, Ordering::Release);
     }
-    false
+    gone
 }
 
 /// How long `retire` waits for the scanner thread to end: a live scan
